@@ -1,0 +1,27 @@
+# Set-up is part of every target: a fresh clone needs only Python.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# This machine serves exactly these builds of PyTorch from local disk.
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test demo benchmarks clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/python examples/weight_saliency_digits.py
+
+clean:
+	rm -rf $(VENV) *.egg-info runs lightning_logs .pytest_cache

@@ -1,0 +1,635 @@
+"""Weight saliency for machine unlearning (SalUn): compute a mask on the forget set, train only salient weights.
+
+Self-contained: this file imports only torch, lightning and (lazily, for mask files) safetensors, so it can be
+copied into any Lightning project.
+
+The mask keeps the ``ratio`` fraction of weights with the largest gradient magnitude of a loss on the forget set
+(SPEC section 1). During training, gradients are multiplied by the mask after every backward pass and, with
+``freeze_non_salient``, the non-salient elements are restored to their starting values after every real optimizer
+step and their optimizer-state entries zeroed, so that they stay bitwise equal to their starting values under
+momentum, weight decay, AdamW, gradient accumulation, clipping and mixed precision (SPEC section 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.data import extract_batch_size
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, Sampler
+
+log = logging.getLogger(__name__)
+
+__all__ = ["WeightSaliencyCallback", "kept_count", "load_mask", "saliency_mask", "save_mask"]
+
+LossFn = Callable[[LightningModule, Any], Tensor]
+
+_BINS = 1 << 16
+_HALF = _BINS // 2
+_CHUNK = 1 << 18  # elements per chunk: cache-sized scratch, and float32 histogram counts stay exact (< 2**24)
+_SIGN_MASK = 0x7FFFFFFF
+_INT32_MIN = -(1 << 31)
+_POSITIVE_NAN_BINS = 0x7F80 + _HALF  # top-16-bit bins of +inf and of positive NaNs and above
+_NO_FORGET_DATA = (
+    "WeightSaliencyCallback needs forget data: pass WeightSaliencyCallback(forget_dataloader=...) or give the "
+    "Trainer a LightningDataModule with a forget_dataloader() method (or load a mask with mask_path=...)."
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The threshold: a pure function
+# ----------------------------------------------------------------------------------------------------------------
+def kept_count(ratio: float, total: int) -> int:
+    """Return ``floor(ratio * total)`` computed on the decimal value of ``ratio`` (so 0.29 * 100 is 29, not 28)."""
+    return int(Decimal(repr(float(ratio))) * total)
+
+
+def _chunks(flat: Tensor) -> Iterator[tuple[int, Tensor]]:
+    for start in range(0, flat.numel(), _CHUNK):
+        yield start, flat[start : start + _CHUNK]
+
+
+def _order_keys(chunk: Tensor, signed: bool) -> Tensor:
+    """Int32 keys whose order is the float order. Without ``signed`` the float bits themselves (valid for
+    non-negative values, possibly a view of ``chunk``: never write into the result)."""
+    bits = chunk.to(torch.float32).view(torch.int32)
+    if signed:
+        bits = torch.where(bits == _INT32_MIN, 0, bits)  # -0.0 ties with 0.0
+        bits = bits ^ ((bits >> 31) & _SIGN_MASK)
+    return bits
+
+
+def _histogram(values: Tensor) -> Tensor:
+    """Exact counts of int values in ``[0, 65536)`` (histc in float32 is exact below 2**24 per chunk)."""
+    return torch.histc(values.to(torch.float32), bins=_BINS, min=0, max=_BINS).to(torch.int64)
+
+
+def _accumulate(counts: Optional[Tensor], partial: Tensor) -> Tensor:
+    return partial if counts is None else counts.add_(partial.to(counts.device))
+
+
+def _high_histogram(flats: Mapping[str, Tensor], signed: bool) -> Tensor:
+    counts = None
+    for flat in flats.values():
+        for _, chunk in _chunks(flat):
+            counts = _accumulate(counts, _histogram((_order_keys(chunk, signed) >> 16).add_(_HALF)))
+    return counts.cpu()
+
+
+def _split_bin(counts: Tensor, needed: int) -> tuple[int, int]:
+    """Return ``(bin, above)``: the highest bin at which the count of larger values reaches ``needed``."""
+    from_top = counts.flip(0).cumsum(0)
+    position = int(torch.searchsorted(from_top, torch.tensor(needed)))
+    threshold_bin = _BINS - 1 - position
+    above = int(from_top[position]) - int(counts[threshold_bin])
+    return threshold_bin, above
+
+
+def saliency_mask(saliency: Mapping[str, Tensor], ratio: float) -> dict[str, Tensor]:
+    """Keep exactly ``floor(ratio * N)`` elements with the largest values, globally across all tensors.
+
+    A radix selection on the float bits: one histogram pass over the top 16 bits, one over the low 16 bits of the
+    elements in the threshold bin, one comparison pass. O(N) time, no sort, no concatenation; scratch memory is a
+    few chunks of 256K elements whatever N is. Ties at the threshold are broken deterministically: earlier
+    tensors (in mapping order) first, then lower flat index. Ranking happens in float32.
+
+    Args:
+        saliency: parameter name to saliency tensor (any float dtype, any device).
+        ratio: fraction of elements to keep, in ``(0, 1]``.
+
+    Returns:
+        Parameter name to a bool tensor of the same shape and device, True on kept elements.
+
+    Raises:
+        ValueError: ``ratio`` outside ``(0, 1]``, a non-float tensor, or a NaN value.
+
+    Example::
+
+        >>> import torch
+        >>> masks = saliency_mask({"w": torch.tensor([3.0, 1.0, 2.0, 0.5])}, ratio=0.5)
+        >>> masks["w"].tolist()
+        [True, False, True, False]
+    """
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}; 0.5 keeps the most salient half (the paper).")
+    flats: dict[str, Tensor] = {}
+    for name, values in saliency.items():
+        if not torch.is_floating_point(values):
+            raise ValueError(f"saliency for {name!r} has dtype {values.dtype}; give a floating-point tensor.")
+        flats[name] = values.detach().reshape(-1)
+    total = sum(flat.numel() for flat in flats.values())
+    keep = kept_count(ratio, total)
+    masks = {name: torch.zeros(values.shape, dtype=torch.bool, device=values.device) for name, values in saliency.items()}
+    if keep == 0:
+        return masks
+    if keep == total:
+        for mask in masks.values():
+            mask.fill_(True)
+        return masks
+
+    # Pass 1: histogram of the top 16 bits. Saliency is usually non-negative, where the raw float bits already
+    # sort like the values; a sign bit anywhere (bins below the middle) switches to the general key mapping.
+    counts = _high_histogram(flats, signed=False)
+    signed = bool(counts[:_HALF].any())
+    if signed or bool(counts[_POSITIVE_NAN_BINS:].any()):
+        for name, flat in flats.items():
+            if bool(torch.isnan(flat).any()):
+                raise ValueError(f"saliency for {name!r} contains NaN; check the loss on the forget set.")
+        if signed:
+            counts = _high_histogram(flats, signed=True)
+    high_bin, above = _split_bin(counts, keep)
+
+    # Pass 2: histogram of the low 16 bits of the keys inside the threshold bin.
+    high_key = high_bin - _HALF
+    counts = None
+    for flat in flats.values():
+        for _, chunk in _chunks(flat):
+            keys = _order_keys(chunk, signed)
+            counts = _accumulate(counts, _histogram(keys[(keys >> 16) == high_key] & 0xFFFF))
+    low_bin, above_low = _split_bin(counts.cpu(), keep - above)
+    threshold = (high_key << 16) | low_bin
+    ties_to_keep = keep - above - above_low
+
+    # Pass 3: everything above the threshold, plus the first ties in (tensor, flat index) order.
+    for name, flat in flats.items():
+        mask_flat = masks[name].view(-1)
+        for start, chunk in _chunks(flat):
+            keys = _order_keys(chunk, signed)
+            out = mask_flat[start : start + chunk.numel()]
+            torch.gt(keys, threshold, out=out)
+            if ties_to_keep > 0:
+                tie_positions = torch.nonzero(keys == threshold).flatten()[:ties_to_keep]
+                out[tie_positions] = True
+                ties_to_keep -= tie_positions.numel()
+    return masks
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mask files
+# ----------------------------------------------------------------------------------------------------------------
+def parameter_signature(shapes: Mapping[str, Sequence[int]]) -> str:
+    """A sha256 over parameter names and shapes, stored in mask files to identify the model they belong to."""
+    digest = hashlib.sha256()
+    for name, shape in shapes.items():
+        digest.update(f"{name}:{tuple(int(s) for s in shape)};".encode())
+    return digest.hexdigest()
+
+
+def save_mask(path: str | os.PathLike, mask: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
+    """Write ``mask`` to ``path`` as safetensors (one bool tensor per parameter), atomically.
+
+    ``metadata`` values are stored as strings next to the total ``N``, kept ``k`` and the parameter signature.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {name: value.detach().to("cpu", torch.bool).contiguous() for name, value in mask.items()}
+    total = sum(t.numel() for t in tensors.values())
+    meta = {key: str(value) for key, value in metadata.items()}
+    meta.update(
+        format="salun-lightning/weight-saliency-mask",
+        N=str(total),
+        k=str(sum(int(t.sum()) for t in tensors.values())),
+        parameter_signature=parameter_signature({n: t.shape for n, t in tensors.items()}),
+    )
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp_path = tempfile.mkstemp(prefix=".mask-", suffix=".tmp", dir=directory)
+    os.close(handle)
+    try:
+        save_file(tensors, tmp_path, metadata=meta)
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+        raise
+
+
+def load_mask(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read a mask file: this project's safetensors format, or the upstream SalUn format.
+
+    The upstream format is a ``torch.save``d dict from parameter name to a 0/1 integer tensor; it is read with
+    ``weights_only=True``, so a pickle that would run code is refused, never executed.
+
+    Returns:
+        ``(mask, metadata)``: parameter name to bool tensor (on the CPU), and the file's metadata (empty for the
+        upstream format).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a mask in either format.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"mask file {path!r} does not exist; compute one with save_mask_path=... first.")
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    tensors: dict[str, Tensor]
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError):
+        metadata = {}
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # weights_only refuses code-running pickles with several exception types
+            raise ValueError(
+                f"{path!r} is not a mask file: it is neither safetensors nor a torch-saved dict of tensors "
+                f"loadable with weights_only=True ({type(error).__name__}: {str(error).splitlines()[0]})."
+            ) from None
+        if not isinstance(loaded, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items()
+        ):
+            raise ValueError(f"{path!r} is not a mask file: expected a dict from parameter name to tensor.")
+        tensors = dict(loaded)
+    if not tensors:
+        raise ValueError(f"{path!r} is not a mask file: it holds no tensors.")
+    mask = {}
+    for name, value in tensors.items():
+        if value.dtype != torch.bool:
+            if value.is_floating_point() or value.is_complex() or bool(((value != 0) & (value != 1)).any()):
+                raise ValueError(f"{path!r} is not a mask file: tensor {name!r} holds values other than 0 and 1.")
+            value = value.to(torch.bool)
+        mask[name] = value
+    return mask, metadata
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The callback
+# ----------------------------------------------------------------------------------------------------------------
+class _ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...`` of a map-style dataset: disjoint, complete, no padding duplicates."""
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = range(rank, length, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@contextlib.contextmanager
+def _logging_disabled(module: LightningModule) -> Iterator[None]:
+    """Let ``training_step`` run outside the loop: ``self.log`` calls become no-ops for the duration."""
+    module.log = module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del module.log, module.log_dict
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for every submodule, then each submodule's own train/eval flag restored."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for submodule, training in modes:
+            submodule.training = training
+
+
+class WeightSaliencyCallback(Callback):
+    """Train only the most salient weights: SalUn's weight saliency mask as a drop-in Lightning callback.
+
+    At the start of fit the callback accumulates the gradient of a loss over the forget set (eval mode, summed
+    over samples and across DDP ranks), keeps the top ``ratio`` fraction of weights by gradient magnitude, and from
+    then on multiplies gradients by the mask after every backward pass. With ``freeze_non_salient`` (default), the
+    non-salient elements are also restored to their starting values after every real optimizer step and their
+    optimizer-state entries (momentum buffers, Adam moments) zeroed, so they never move.
+
+    Args:
+        ratio: fraction of the selected weights to train, in ``(0, 1]`` (paper: 0.5).
+        forget_dataloader: the forget data. Default: ``trainer.datamodule.forget_dataloader()``.
+        loss_fn: ``loss_fn(pl_module, batch) -> scalar``, a batch-mean loss. Default: ``pl_module.saliency_loss(batch)``
+            if the module has it, else the loss returned by ``pl_module.training_step(batch, batch_idx)``.
+        mask_path: load the mask from this file (safetensors written by ``save_mask_path``, or the upstream
+            format) instead of computing it.
+        save_mask_path: write the mask here (safetensors with metadata) once it is known.
+        freeze_non_salient: restore non-salient weights and zero their optimizer state after each step.
+        parameters: regular expressions (``re.search``) selecting the parameter names to rank; every other
+            trainable parameter is treated as non-salient. Default: all trainable parameters.
+
+    Raises:
+        ValueError: ``ratio`` outside ``(0, 1]`` or an invalid regular expression.
+
+    Example::
+
+        import lightning.pytorch as pl
+        from salun_lightning.callbacks import WeightSaliencyCallback
+
+        saliency = WeightSaliencyCallback(ratio=0.5, forget_dataloader=forget_loader)
+        trainer = pl.Trainer(max_epochs=10, callbacks=[saliency])
+        trainer.fit(model, retain_loader)  # only the salient half of the weights moves
+        saliency.mask["layer.weight"]  # bool tensor, True where the weight was trained
+    """
+
+    def __init__(
+        self,
+        ratio: float = 0.5,
+        forget_dataloader: Optional[DataLoader] = None,
+        loss_fn: Optional[LossFn] = None,
+        mask_path: Optional[str] = None,
+        save_mask_path: Optional[str] = None,
+        freeze_non_salient: bool = True,
+        parameters: Optional[Sequence[str]] = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+            raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}; the paper keeps 0.5.")
+        if isinstance(parameters, str):
+            parameters = [parameters]
+        patterns = []
+        for pattern in parameters or []:
+            try:
+                patterns.append(re.compile(pattern))
+            except re.error as error:
+                raise ValueError(f"parameters: {pattern!r} is not a valid regular expression ({error}).") from None
+        self.ratio = float(ratio)
+        self.forget_dataloader = forget_dataloader
+        self.loss_fn = loss_fn
+        self.mask_path = mask_path
+        self.save_mask_path = save_mask_path
+        self.freeze_non_salient = freeze_non_salient
+        self.parameters = list(parameters) if parameters is not None else None
+        self._patterns = patterns
+        self.mask: dict[str, Tensor] = {}
+        self.saliency_stats: dict[str, Any] = {}
+        self._restored_mask: Optional[dict[str, Tensor]] = None
+        self._partial: list[tuple[Tensor, Tensor, Optional[Tensor]]] = []  # (param, mask, start values)
+        self._frozen: list[Tensor] = []  # parameters with no salient element
+        self._hook_handles: list[Any] = []
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(ratio=self.ratio, parameters=self.parameters)
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+            raise MisconfigurationException(
+                f"WeightSaliencyCallback supports single-device and DDP strategies, not "
+                f"{type(trainer.strategy).__name__}: sharded strategies (FSDP, DeepSpeed) split parameters across "
+                "ranks, which the mask does not handle yet. Use strategy='ddp' (or 'ddp_spawn')."
+            )
+        self._selected_parameters(pl_module)  # fail early on a filter that selects nothing
+        if self.mask_path is None and trainer.ckpt_path is None and not self._has_forget_data(trainer):
+            raise MisconfigurationException(_NO_FORGET_DATA)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        selected = self._selected_parameters(pl_module)
+        if self._restored_mask is not None:
+            mask, source = self._restored_mask, "checkpoint"
+            self._check_mask_matches(mask, selected, source)
+        elif self.mask_path is not None:
+            mask, metadata = load_mask(self.mask_path)
+            source = f"file {self.mask_path}"
+            self._check_mask_matches(mask, selected, source)
+            file_ratio = metadata.get("ratio")
+            if file_ratio is not None and not math.isclose(float(file_ratio), self.ratio):
+                rank_zero_warn(f"mask file {self.mask_path} was made with ratio={file_ratio}, not {self.ratio}.")
+        else:
+            saliency = self.compute_saliency(trainer, pl_module, selected)
+            mask, source = saliency_mask(saliency, self.ratio), "forget set"
+            del saliency
+        self.mask = {name: mask[name].to(param.device, torch.bool) for name, param in selected.items()}
+        self._restored_mask = None
+        self._prepare_masking(pl_module)
+        self._record_stats(trainer, pl_module, source)
+        if self.save_mask_path is not None and trainer.is_global_zero:
+            save_mask(self.save_mask_path, self.mask, self._file_metadata(pl_module))
+        trainer.strategy.barrier("weight_saliency_mask")
+        if self.freeze_non_salient:
+            for optimizer in trainer.optimizers:
+                self._hook_handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
+
+    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for param in self._frozen:
+            if self.freeze_non_salient:
+                param.grad = None  # optimizers skip the parameter: no decay, no momentum
+            elif param.grad is not None:
+                param.grad.zero_()
+        grads, masks = [], []
+        for param, mask, _ in self._partial:
+            if param.grad is not None:
+                grads.append(param.grad)
+                masks.append(mask)
+        if grads:
+            torch._foreach_mul_(grads, masks)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._remove_hooks()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._remove_hooks()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mask": {name: m.detach().cpu() for name, m in self.mask.items()}, "ratio": self.ratio}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("mask"):
+            self._restored_mask = dict(state_dict["mask"])
+
+    # ------------------------------------------------------------------------------------------------ saliency
+    def compute_saliency(
+        self, trainer: Trainer, pl_module: LightningModule, selected: Mapping[str, torch.nn.Parameter]
+    ) -> dict[str, Tensor]:
+        """Return ``|sum over forget samples of grad loss|`` per selected parameter, summed across ranks."""
+        loader = self._shard(self._resolve_forget_dataloader(trainer), trainer)
+        loss_fn, _ = self._resolve_loss(pl_module)
+        params = list(selected.values())
+        flat = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=pl_module.device)
+        views = list(torch.split(flat, [p.numel() for p in params]))
+        samples, bad_batch = 0, -1
+        with torch.enable_grad(), _eval_mode(pl_module), _logging_disabled(pl_module):
+            for batch_idx, batch in enumerate(loader):
+                batch = trainer.strategy.batch_to_device(batch)
+                batch_size = extract_batch_size(batch)
+                with trainer.precision_plugin.forward_context():
+                    loss = loss_fn(batch, batch_idx)
+                if not isinstance(loss, Tensor) or loss.numel() != 1 or not bool(torch.isfinite(loss.detach())):
+                    bad_batch, bad_loss = batch_idx, loss
+                    break
+                grads = torch.autograd.grad(loss.reshape(()) * batch_size, params, allow_unused=True)
+                for view, grad in zip(views, grads):
+                    if grad is not None:
+                        view.add_(grad.reshape(-1))
+                samples += batch_size
+        status = torch.tensor([samples, int(bad_batch >= 0)], dtype=torch.float64, device=flat.device)
+        if trainer.world_size > 1:
+            status = trainer.strategy.reduce(status, reduce_op="sum")
+        if bad_batch >= 0:
+            raise ValueError(
+                f"the saliency loss must be a finite scalar, got {_describe(bad_loss)} on forget batch {bad_batch} "
+                f"(rank {trainer.global_rank}); check the forget data and loss_fn."
+            )
+        if status[1] > 0:
+            raise ValueError("the saliency loss was not a finite scalar on another rank; see that rank's error.")
+        if status[0] == 0:
+            raise ValueError("the forget dataloader is empty: the saliency mask needs at least one forget sample.")
+        if trainer.world_size > 1:
+            torch.distributed.all_reduce(flat)
+        pl_module.zero_grad(set_to_none=True)
+        return {name: view.view_as(p).abs_() for (name, p), view in zip(selected.items(), views)}
+
+    def _has_forget_data(self, trainer: Trainer) -> bool:
+        return self.forget_dataloader is not None or callable(getattr(trainer.datamodule, "forget_dataloader", None))
+
+    def _resolve_forget_dataloader(self, trainer: Trainer) -> DataLoader:
+        if self.forget_dataloader is not None:
+            return self.forget_dataloader
+        if self._has_forget_data(trainer):
+            return trainer.datamodule.forget_dataloader()
+        raise MisconfigurationException(_NO_FORGET_DATA)
+
+    def _shard(self, loader: DataLoader, trainer: Trainer) -> DataLoader:
+        """Under DDP, rebuild the loader over this rank's disjoint shard of the dataset (no padding)."""
+        if trainer.world_size == 1:
+            return loader
+        if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None:
+            raise MisconfigurationException(
+                "under several processes the forget dataloader must be a DataLoader over a map-style dataset with "
+                "batch_size set, so that each rank can take a disjoint shard of it."
+            )
+        sampler = _ShardSampler(len(loader.dataset), trainer.global_rank, trainer.world_size)
+        return DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            sampler=sampler,
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+            worker_init_fn=loader.worker_init_fn,
+        )
+
+    def _resolve_loss(self, pl_module: LightningModule) -> tuple[Callable[[Any, int], Tensor], str]:
+        if self.loss_fn is not None:
+            loss_fn = self.loss_fn
+            return (lambda batch, idx: loss_fn(pl_module, batch)), getattr(loss_fn, "__qualname__", repr(loss_fn))
+        if callable(getattr(pl_module, "saliency_loss", None)):
+            return (lambda batch, idx: pl_module.saliency_loss(batch)), "saliency_loss"
+
+        def training_step_loss(batch: Any, batch_idx: int) -> Tensor:
+            output = pl_module.training_step(batch, batch_idx)
+            return output["loss"] if isinstance(output, Mapping) else output
+
+        return training_step_loss, "training_step"
+
+    # ------------------------------------------------------------------------------------------------ masking
+    def _selected_parameters(self, pl_module: LightningModule) -> dict[str, torch.nn.Parameter]:
+        trainable = {name: p for name, p in pl_module.named_parameters() if p.requires_grad}
+        if not trainable:
+            raise MisconfigurationException("the module has no trainable parameters to rank.")
+        if not self._patterns:
+            return trainable
+        selected = {n: p for n, p in trainable.items() if any(pattern.search(n) for pattern in self._patterns)}
+        if not selected:
+            examples = ", ".join(list(trainable)[:5])
+            raise MisconfigurationException(
+                f"parameters={self.parameters} selects none of the {len(trainable)} trainable parameters "
+                f"(for example: {examples}); patterns are matched with re.search against these names."
+            )
+        return selected
+
+    def _check_mask_matches(
+        self, mask: Mapping[str, Tensor], selected: Mapping[str, torch.nn.Parameter], source: str
+    ) -> None:
+        missing = [n for n in selected if n not in mask]
+        unexpected = [n for n in mask if n not in selected]
+        wrong_shape = [
+            f"{n} (mask {tuple(mask[n].shape)}, parameter {tuple(p.shape)})"
+            for n, p in selected.items()
+            if n in mask and mask[n].shape != p.shape
+        ]
+        if not (missing or unexpected or wrong_shape):
+            return
+        lines = [f"the mask from {source} does not match the model's selected parameters:"]
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if names:
+                lines.append(f"  {len(names)} {label}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}")
+        lines.append("Compute the mask for this model (or check the `parameters` filter).")
+        raise ValueError("\n".join(lines))
+
+    def _prepare_masking(self, pl_module: LightningModule) -> None:
+        params = {name: p for name, p in pl_module.named_parameters() if p.requires_grad}
+        self._partial, self._frozen = [], []
+        for name, param in params.items():
+            mask = self.mask.get(name)
+            if mask is None or not bool(mask.any()):
+                self._frozen.append(param)
+            elif not bool(mask.all()):
+                start = param.detach().clone() if self.freeze_non_salient else None
+                self._partial.append((param, mask, start))
+
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Restore non-salient elements and zero their optimizer state; runs once per real optimizer step."""
+        with torch.no_grad():
+            for param, mask, start in self._partial:
+                torch.where(mask, param, start, out=param.data)
+                state = optimizer.state.get(param)
+                for value in (state or {}).values():
+                    if isinstance(value, Tensor) and value.shape == param.shape:
+                        torch.where(mask, value, 0.0, out=value)
+
+    def _remove_hooks(self) -> None:
+        for handle in self._hook_handles:
+            handle.remove()
+        self._hook_handles = []
+
+    # ------------------------------------------------------------------------------------------------ reporting
+    def _record_stats(self, trainer: Trainer, pl_module: LightningModule, source: str) -> None:
+        total = sum(m.numel() for m in self.mask.values())
+        kept = {name: int(m.sum()) for name, m in self.mask.items()}
+        overall = sum(kept.values()) / total
+        self.saliency_stats = {
+            "kept_fraction": overall,
+            "kept": sum(kept.values()),
+            "total": total,
+            "per_parameter": {name: kept[name] / m.numel() for name, m in self.mask.items()},
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics({"saliency/kept_fraction": overall}, step=trainer.global_step)
+        frozen = sum(p.numel() for p in self._frozen)
+        rank_zero_info(
+            f"WeightSaliency: mask from {source}: training {sum(kept.values()):,} of {total:,} selected weights "
+            f"({overall:.2%}) in {len(self.mask)} tensors; {len(self._frozen)} tensors fully frozen "
+            f"({frozen:,} weights)."
+        )
+
+    def _file_metadata(self, pl_module: LightningModule) -> dict[str, Any]:
+        _, loss_name = self._resolve_loss(pl_module)
+        return {
+            "ratio": self.ratio,
+            "loss": loss_name if self.mask_path is None else f"loaded from {self.mask_path}",
+            "model_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
+            "parameters": ",".join(self.parameters or []),
+        }
+
+
+def _describe(loss: Any) -> str:
+    if isinstance(loss, Tensor):
+        return f"a tensor of shape {tuple(loss.shape)}" if loss.numel() != 1 else f"{loss.item()}"
+    return f"{type(loss).__name__}"
