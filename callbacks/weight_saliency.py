@@ -592,7 +592,7 @@ class WeightSaliencyCallback(Callback):
                 state = optimizer.state.get(param)
                 for value in (state or {}).values():
                     if isinstance(value, Tensor) and value.shape == param.shape:
-                        torch.where(mask, value, 0.0, out=value)
+                        torch.where(mask, value, value.new_zeros(()), out=value)
 
     def _remove_hooks(self) -> None:
         for handle in self._hook_handles:
