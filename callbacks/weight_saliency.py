@@ -374,7 +374,8 @@ class WeightSaliencyCallback(Callback):
         self.mask: dict[str, Tensor] = {}
         self.saliency_stats: dict[str, Any] = {}
         self._restored_mask: Optional[dict[str, Tensor]] = None
-        self._partial: list[tuple[Tensor, Tensor, Optional[Tensor]]] = []  # (param, mask, start values)
+        # (parameter, mask, starting values with the salient elements zeroed): parameters with some salient elements
+        self._partial: list[tuple[Tensor, Tensor, Optional[Tensor]]] = []
         self._frozen: list[Tensor] = []  # parameters with no salient element
         self._hook_handles: list[Any] = []
 
@@ -432,10 +433,10 @@ class WeightSaliencyCallback(Callback):
         grads, masks = [], []
         for param, mask, _ in self._partial:
             if param.grad is not None:
-                grads.append(param.grad)
+                grads.append(_bits(param.grad))
                 masks.append(mask)
         if grads:
-            torch._foreach_mul_(grads, masks)
+            torch._foreach_mul_(grads, masks)  # on the bits: exact +0.0 where masked, untouched elsewhere
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hooks()
@@ -581,18 +582,31 @@ class WeightSaliencyCallback(Callback):
             if mask is None or not bool(mask.any()):
                 self._frozen.append(param)
             elif not bool(mask.all()):
-                start = param.detach().clone() if self.freeze_non_salient else None
+                _bits(param)  # fail now on a dtype without an integer view
+                start = torch.where(mask, 0, param.detach()) if self.freeze_non_salient else None
                 self._partial.append((param, mask, start))
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """Restore non-salient elements and zero their optimizer state; runs once per real optimizer step."""
+        """Restore non-salient elements and zero their optimizer state; runs once per real optimizer step.
+
+        Works on the integer bits, so it is exact and as cheap as two multiplications:
+        ``bits(param) * mask + bits(start with salient elements zeroed)`` and ``bits(state) * mask``.
+        """
+        params, starts, states, state_masks, masks = [], [], [], [], []
         with torch.no_grad():
             for param, mask, start in self._partial:
-                torch.where(mask, param, start, out=param.data)
-                state = optimizer.state.get(param)
-                for value in (state or {}).values():
+                params.append(_bits(param.data))
+                starts.append(_bits(start))
+                masks.append(mask)
+                for value in optimizer.state.get(param, {}).values():
                     if isinstance(value, Tensor) and value.shape == param.shape:
-                        torch.where(mask, value, value.new_zeros(()), out=value)
+                        states.append(_bits(value))
+                        state_masks.append(mask)
+            if params:
+                torch._foreach_mul_(params, masks)
+                torch._foreach_add_(params, starts)
+            if states:
+                torch._foreach_mul_(states, state_masks)
 
     def _remove_hooks(self) -> None:
         for handle in self._hook_handles:
@@ -627,6 +641,17 @@ class WeightSaliencyCallback(Callback):
             "model_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
             "parameters": ",".join(self.parameters or []),
         }
+
+
+_INTEGER_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(tensor: Tensor) -> Tensor:
+    """The tensor's elements reinterpreted as integers of the same size (a view, no copy)."""
+    size = tensor.element_size()
+    if tensor.is_complex() or size not in _INTEGER_OF_SIZE:
+        raise TypeError(f"WeightSaliencyCallback cannot mask parameters of dtype {tensor.dtype}.")
+    return tensor.view(_INTEGER_OF_SIZE[size])
 
 
 def _describe(loss: Any) -> str:

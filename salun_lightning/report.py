@@ -1,0 +1,244 @@
+"""Markdown report (and bar chart) of classifier unlearning runs, each compared with the retrain run of its seed.
+
+Every run directory holds a ``metrics.json`` written by the classifier module::
+
+    {"method": "salun", "seed": 0, "UA": 2.85, "RA": 99.62, "TA": 93.93, "MIA": 14.39, "RTE": 2.66}
+
+UA, RA, TA and MIA are percentages, RTE is minutes; extra keys are ignored. From the command line::
+
+    python -m salun_lightning.report runs/*/ --out reports/cifar10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Optional, Union
+
+import numpy as np
+
+from salun_lightning.metrics.functional import average_gap
+
+__all__ = ["build_report", "main"]
+
+PathLike = Union[str, os.PathLike]
+METRIC_KEYS: tuple[str, ...] = ("UA", "RA", "TA", "MIA")
+NUMBER_KEYS: tuple[str, ...] = (*METRIC_KEYS, "RTE")
+GAP_COLUMN = "Avg. Gap"
+COLUMNS: tuple[str, ...] = (*METRIC_KEYS, GAP_COLUMN, "RTE")
+
+
+@dataclass(frozen=True)
+class _Run:
+    directory: Path
+    method: str
+    seed: int
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _MethodSummary:
+    method: str
+    runs: list[_Run]
+    columns: dict[str, np.ndarray]  # COLUMNS -> one value per run
+    gaps: dict[str, np.ndarray]  # METRIC_KEYS and GAP_COLUMN -> |run - retrain| per run
+
+
+def _load_run(directory: Path) -> _Run:
+    path = directory / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"run directory {directory} has no metrics.json")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(record).__name__}")
+    for key in ("method", "seed", *NUMBER_KEYS):
+        if key not in record:
+            raise ValueError(f"{path} is missing key {key!r}")
+    method, seed = record["method"], record["seed"]
+    if not isinstance(method, str) or not method:
+        raise ValueError(f"{path}: 'method' must be a non-empty string, got {method!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"{path}: 'seed' must be an integer, got {seed!r}")
+    values = {}
+    for key in NUMBER_KEYS:
+        value = record[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"{path}: {key!r} must be a finite number, got {value!r}")
+        values[key] = float(value)
+    return _Run(directory, method, seed, values)
+
+
+def _summarise(runs: list[_Run], retrain: str) -> list[_MethodSummary]:
+    """One summary per method: retrain first, then by mean Avg. Gap (ties by name)."""
+    seen: dict[tuple[str, int], Path] = {}
+    for run in runs:
+        other = seen.setdefault((run.method, run.seed), run.directory)
+        if other != run.directory:
+            raise ValueError(f"two {run.method!r} runs with seed {run.seed}: {other} and {run.directory}")
+    references = {run.seed: run for run in runs if run.method == retrain}
+    if not references:
+        read = ", ".join(str(run.directory) for run in runs)
+        raise ValueError(f"no {retrain!r} run to compare against among the run directories read: {read}")
+
+    by_method: dict[str, list[_Run]] = {}
+    for run in sorted(runs, key=lambda run: run.seed):
+        by_method.setdefault(run.method, []).append(run)
+    summaries = []
+    for method, method_runs in by_method.items():
+        gaps: dict[str, list[float]] = {key: [] for key in (*METRIC_KEYS, GAP_COLUMN)}
+        for run in method_runs:
+            reference = references.get(run.seed)
+            if reference is None:
+                raise ValueError(
+                    f"no {retrain!r} run with seed {run.seed} for the {method!r} run in {run.directory} "
+                    f"({retrain!r} seeds: {sorted(references)})"
+                )
+            for key in METRIC_KEYS:
+                gaps[key].append(abs(run.values[key] - reference.values[key]))
+            gaps[GAP_COLUMN].append(average_gap(run.values, reference.values, METRIC_KEYS))
+        columns = {key: np.array([run.values[key] for run in method_runs]) for key in NUMBER_KEYS}
+        columns[GAP_COLUMN] = np.array(gaps[GAP_COLUMN])
+        summaries.append(_MethodSummary(method, method_runs, columns, {k: np.array(v) for k, v in gaps.items()}))
+    return sorted(summaries, key=lambda s: (s.method != retrain, s.columns[GAP_COLUMN].mean(), s.method))
+
+
+def _cell(values: np.ndarray) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+
+
+def _markdown_table(summaries: list[_MethodSummary]) -> str:
+    lines = [
+        "| method | " + " | ".join(COLUMNS) + " |",
+        "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |",
+    ]
+    for summary in summaries:
+        lines.append(f"| {summary.method} | " + " | ".join(_cell(summary.columns[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_document(table: str, summaries: list[_MethodSummary], retrain: str) -> str:
+    runs = "\n".join(
+        f"- {summary.method}, seed {run.seed}: `{run.directory}`" for summary in summaries for run in summary.runs
+    )
+    return (
+        "# Unlearning report\n\n"
+        "UA, RA, TA and MIA (MIA-Efficacy) in percent; Avg. Gap is the mean of |method - retrain| over UA, RA, TA "
+        f"and MIA against the {retrain!r} run with the same seed; RTE in minutes. A method with several runs "
+        "shows mean ± sample standard deviation over its seeds.\n\n"
+        f"{table}\n"
+        "![Absolute gap to retrain per metric](report.png)\n\n"
+        f"## Runs\n\n{runs}\n"
+    )
+
+
+def _plot_gaps(summaries: list[_MethodSummary], retrain: str, stream: IO[bytes]) -> None:
+    # Imported here: only the written report needs matplotlib. The Agg canvas avoids pyplot's global state.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    groups = (*METRIC_KEYS, GAP_COLUMN)
+    methods = [summary for summary in summaries if summary.method != retrain]
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    width = 0.8 / max(len(methods), 1)
+    positions = np.arange(len(groups))
+    for index, summary in enumerate(methods):
+        means = [summary.gaps[group].mean() for group in groups]
+        errors = [summary.gaps[group].std(ddof=1) for group in groups] if len(summary.runs) > 1 else None
+        offset = (index - (len(methods) - 1) / 2) * width
+        axes.bar(positions + offset, means, width, yerr=errors, capsize=3, label=summary.method)
+    if methods:
+        axes.legend(title="method")
+    else:
+        axes.text(0.5, 0.5, f"only {retrain!r} runs", ha="center", va="center", transform=axes.transAxes)
+    axes.set_xticks(positions, groups)
+    axes.set_ylabel(f"|method - {retrain}| (percentage points)")
+    axes.set_title(f"Absolute gap to {retrain} (lower is better)")
+    figure.savefig(stream, format="png", dpi=120)
+
+
+def _write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through a temporary file in the same directory, then ``os.replace`` it onto ``path``."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            write(stream)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def build_report(run_dirs: Sequence[PathLike], out_dir: Optional[PathLike] = None, retrain: str = "retrain") -> str:
+    """Markdown table of UA, RA, TA, MIA, Avg. Gap and RTE per method, from the runs' ``metrics.json`` files.
+
+    Rows: ``retrain`` first, then the other methods by mean Avg. Gap, ascending. Each run's Avg. Gap is taken
+    against the ``retrain`` run with the same seed. A method with one run shows plain numbers; with several
+    runs, ``mean ± std`` (sample standard deviation, ddof=1). All numbers have 2 decimals.
+
+    Args:
+        run_dirs: run directories, each holding a ``metrics.json``.
+        out_dir: if given, ``report.md`` and ``report.png`` (a bar chart of each method's absolute gap to
+            retrain for UA, RA, TA, MIA and Avg. Gap) are written there atomically; the folder is created.
+        retrain: method name of the reference runs.
+
+    Raises:
+        FileNotFoundError: if a run directory has no ``metrics.json``.
+        ValueError: on invalid JSON, a missing or ill-typed key, no run directories, two runs with the same
+            method and seed, no ``retrain`` run, or a run whose seed has no ``retrain`` run.
+
+    Example::
+
+        >>> print(build_report(["runs/retrain_s0", "runs/salun_s0"]), end="")  # doctest: +SKIP
+        | method | UA | RA | TA | MIA | Avg. Gap | RTE |
+        | --- | ---: | ---: | ---: | ---: | ---: | ---: |
+        | retrain | 5.24 | 100.00 | 94.26 | 12.88 | 0.00 | 43.29 |
+        | salun | 2.85 | 99.62 | 93.93 | 14.39 | 1.15 | 2.66 |
+    """
+    if isinstance(run_dirs, (str, os.PathLike)):
+        raise TypeError(f"run_dirs must be a sequence of directories, got the single path {run_dirs!r}")
+    if not run_dirs:
+        raise ValueError("run_dirs is empty")
+    summaries = _summarise([_load_run(Path(directory)) for directory in run_dirs], retrain)
+    table = _markdown_table(summaries)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        document = _markdown_document(table, summaries, retrain).encode()
+        _write_atomically(out / "report.md", lambda stream: stream.write(document))
+        _write_atomically(out / "report.png", lambda stream: _plot_gaps(summaries, retrain, stream))
+    return table
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Print the report table for the given run directories, and write the files when ``--out`` is given.
+
+    Example::
+
+        python -m salun_lightning.report runs/retrain_s0 runs/salun_s0 --out reports/
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m salun_lightning.report", description="Markdown report of classifier unlearning runs."
+    )
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories, each with a metrics.json")
+    parser.add_argument("--out", type=Path, default=None, help="write report.md and report.png here")
+    parser.add_argument("--retrain", default="retrain", help="method name of the reference runs")
+    args = parser.parse_args(argv)
+    print(build_report(args.run_dirs, args.out, args.retrain), end="")
+
+
+if __name__ == "__main__":
+    main()
