@@ -1,0 +1,571 @@
+"""The classifier-unlearning LightningDataModule: forget/retain/validation splits and training streams."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from typing_extensions import override
+
+from salun_lightning.data.augment import normalize, random_crop_flip
+from salun_lightning.data.sources import (
+    DATASETS,
+    KNOWN_DATASETS,
+    ImageData,
+    check_torchvision_files,
+    default_cache_dir,
+    download_torchvision,
+    load_digits_data,
+    load_image_folder_data,
+    load_torchvision_data,
+)
+from salun_lightning.data.splits import Split, make_split, read_indices_file, resolve_class
+
+STREAMS = ("full", "retain", "forget", "forget_retain")
+SCHEDULES = ("sequential", "interleaved")
+FORGET_SETS = ("random", "class", "indices")
+FORGET_INDICES_FILENAME = "forget_indices.json"
+
+
+class IndexedImageDataset(Dataset):
+    """The samples ``indices`` of a decoded split, fetched a whole batch at a time.
+
+    ``DataLoader`` calls ``__getitems__`` with the positions of one batch; it returns the batch already stacked, so
+    the loader's ``collate_fn`` only passes it through (:func:`collate_batch`).
+
+    Args:
+        images: uint8 ``[N, C, H, W]``, the whole split.
+        labels: int64 ``[N]``.
+        indices: int64 ``[M]``, the samples of the split this dataset serves; reported as ``"index"``.
+        is_forget: bool ``[M]``, whether each of those samples is in the forget set.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, indices: Tensor, is_forget: Tensor) -> None:
+        self.images, self.labels, self.indices, self.is_forget = images, labels, indices, is_forget
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict[str, Tensor]:
+        index = self.indices[position]
+        is_forget = self.is_forget[position]
+        return {"image": self.images[index], "label": self.labels[index], "index": index, "is_forget": is_forget}
+
+    def __getitems__(self, positions: Sequence[int]) -> dict[str, Tensor]:
+        positions = torch.as_tensor(positions, dtype=torch.int64)
+        indices = self.indices[positions]
+        is_forget = self.is_forget[positions]
+        return {"image": self.images[indices], "label": self.labels[indices], "index": indices, "is_forget": is_forget}
+
+
+def collate_batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ``collate_fn`` of the evaluation loaders: the batch comes stacked from ``__getitems__``."""
+    return batch
+
+
+def collate_augmented_batch(batch: dict[str, Tensor]) -> dict[str, Any]:
+    """The ``collate_fn`` of an augmented training stream: marks the batch with ``"augment": True``."""
+    return {**batch, "augment": True}
+
+
+class ShuffledBlocksSampler(DistributedSampler):
+    """Yield consecutive blocks of positions once per epoch, block after block, each block shuffled; DDP-aware.
+
+    With one block this is a seeded random permutation; with blocks ``[len(D_f), len(D_r)]`` it streams the whole
+    forget set first, then the whole retain set. The permutations depend only on ``seed`` and the epoch given to
+    ``set_epoch`` (Lightning calls it every epoch; without it every epoch has the same order).
+
+    Under data parallelism every block is sharded on its own: rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of
+    the block's permutation, which is first padded to a multiple of ``W`` by repeating its start (as
+    ``DistributedSampler`` pads), so every rank sees its share of D_f before its share of D_r and all ranks have the
+    same length. Being a ``DistributedSampler``, it is left in place by Lightning (which would otherwise wrap it in a
+    sampler that reshuffles the positions).
+
+    Args:
+        block_sizes: the size of every block, in streaming order.
+        seed: the seed of the permutations.
+        num_replicas: the number of processes sharing the stream.
+        rank: this process's rank in ``0..num_replicas-1``.
+    """
+
+    def __init__(self, block_sizes: Sequence[int], seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(sum(block_sizes)), num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
+        self.block_sizes = list(block_sizes)
+
+    def __len__(self) -> int:
+        return sum(math.ceil(size / self.num_replicas) for size in self.block_sizes)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % (1 << 63))
+        start, order = 0, []
+        for size in self.block_sizes:
+            permutation = start + torch.randperm(size, generator=generator)
+            padded_size = math.ceil(size / self.num_replicas) * self.num_replicas
+            if padded_size > size:
+                permutation = permutation.repeat(math.ceil(padded_size / size))[:padded_size]
+            order.append(permutation[self.rank :: self.num_replicas])
+            start += size
+        return iter(torch.cat(order).tolist())
+
+
+class UnlearningDataModule(LightningDataModule):
+    """Image classification data split for machine unlearning: forget set D_f, retain set D_r, hold-out, test.
+
+    Loaders yield dicts ``{"image": uint8 [B, C, H, W], "label": int64 [B], "index": int64 [B], "is_forget":
+    bool [B]}``; ``"index"`` points into the full training set (or the test set for test samples), ``"is_forget"``
+    marks forget samples. :meth:`on_after_batch_transfer` then turns ``"image"`` into normalised float32 on the
+    batch's device, after a random crop (padding ``crop_padding``) and horizontal flip for training-stream batches
+    when ``augment`` is on. Evaluation loaders (``forget_dataloader``, ``retain_dataloader``, validation, test) are
+    unshuffled and never augmented.
+
+    Splits (see :mod:`salun_lightning.data.splits`): a seeded validation hold-out of ``val_size`` samples, then the
+    forget set from the rest: ``forget_set="random"`` draws ``forget_fraction`` of the remaining samples (or
+    ``forget_count`` of them); ``"class"`` takes every remaining sample of ``forget_class``; ``"indices"`` forgets
+    every index listed in ``forget_indices_file`` (the hold-out is then drawn from the samples not listed). The
+    chosen forget indices are written as a JSON list to ``forget_indices.json`` in ``trainer.default_root_dir`` (the run directory) (or
+    ``run_dir`` without a trainer) by rank zero; that file can be given back as ``forget_indices_file``.
+
+    Training streams (``stream``, default: the LightningModule's ``train_stream`` attribute, else ``"full"``):
+    ``"full"`` all non-held-out samples (original model), ``"retain"`` D_r (retrain, ft, l1_sparse), ``"forget"`` D_f
+    (ga), ``"forget_retain"`` both (rl, salun) with ``schedule="sequential"`` (each epoch: all of D_f shuffled, then all
+    of D_r shuffled; one batch at the boundary may hold both) or ``"interleaved"`` (the union shuffled). Under data
+    parallelism the training sampler (:class:`ShuffledBlocksSampler`) shards every block itself, so each rank streams
+    its share of D_f before its share of D_r. ``val_size=0`` gives an empty validation list (Lightning then skips
+    validation, with a warning that the list is empty).
+
+    Test loaders, in the order of ``test_split_names``: ``["forget", "retain", "test"]``; for class-wise forgetting
+    ``"test"`` holds only the remaining classes' test samples and a fourth split ``"test_forgotten_class"`` the
+    forgotten class's.
+
+    Args:
+        dataset: ``"digits"`` (scikit-learn's embedded 8x8 digits), ``"cifar10"``, ``"cifar100"``, ``"svhn"``
+            (torchvision's files) or ``"image_folder"`` (a folder or archive with ``train/<class>/`` and
+            ``test/<class>/``; see :mod:`salun_lightning.data.sources`).
+        data_path: for torchvision sets the folder holding their files (default ``<cache_dir>/torchvision``); for
+            ``image_folder`` the folder or ``.tar``/``.tar.gz``/``.tgz``/``.zip`` archive (required). Unused by digits.
+        cache_dir: where decoded image folders are cached (default ``$SALUN_CACHE`` or ``~/.cache/salun_lightning``).
+        download: let ``prepare_data`` download a torchvision set (needs internet).
+        forget_set: the forgetting scenario, ``"random"``, ``"class"`` or ``"indices"``.
+        forget_fraction: random scenario: fraction in (0, 1) of the non-held-out samples to forget.
+        forget_count: random scenario: number of samples to forget (instead of ``forget_fraction``).
+        forget_class: class scenario: the class name or index to forget.
+        forget_indices_file: indices scenario: training-set indices to forget, one per line or a JSON list.
+        val_size: validation hold-out from the training set: a count (int) or a fraction of it (float in [0, 1)).
+            The paper holds out 5,000 of CIFAR-10's 50,000. Default 0 (no validation).
+        seed: seed of the hold-out, of the random forget set and of the training shuffles.
+        stream: the training stream; ``None`` reads ``train_stream`` from the LightningModule.
+        schedule: how ``"forget_retain"`` orders D_f and D_r within an epoch.
+        batch_size: training batch size.
+        eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).
+        num_workers: DataLoader worker processes (the data is in memory; 0 is usually fastest).
+        pin_memory: pin batches for faster host-to-GPU copies.
+        augment: random crop and horizontal flip of training batches; default on for CIFAR and image folders, off
+            for digits and SVHN.
+        crop_padding: zero padding before the random crop (0: no crop).
+        horizontal_flip: whether augmentation flips.
+        mean: per-channel normalisation mean on the [0, 1] scale; default: the dataset's usual values, or for an
+            image folder the statistics of its training images.
+        std: per-channel normalisation std, as ``mean``.
+        run_dir: where ``forget_indices.json`` goes when no trainer is attached (nothing is written when unset).
+
+    Raises:
+        ValueError: for an unknown dataset or class, a fraction outside (0, 1), missing or conflicting forget
+            arguments and other argument problems; in ``setup`` for bad indices or an empty forget or retain set.
+        FileNotFoundError: in ``prepare_data``/``setup`` when the data or the indices file is not where configured.
+
+    Example::
+
+        >>> data = UnlearningDataModule("digits", forget_fraction=0.1, val_size=100, batch_size=64)
+        >>> data.setup("fit")
+        >>> batch = next(iter(data.forget_dataloader()))
+        >>> sorted(batch), batch["image"].dtype, data.test_split_names
+        (['image', 'index', 'is_forget', 'label'], torch.uint8, ['forget', 'retain', 'test'])
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["digits", "cifar10", "cifar100", "svhn", "image_folder"] = "digits",
+        data_path: Optional[str] = None,
+        cache_dir: Optional[str] = None,
+        download: bool = False,
+        forget_set: Literal["random", "class", "indices"] = "random",
+        forget_fraction: Optional[float] = None,
+        forget_count: Optional[int] = None,
+        forget_class: Optional[Union[int, str]] = None,
+        forget_indices_file: Optional[str] = None,
+        val_size: Union[int, float] = 0,
+        seed: int = 0,
+        stream: Optional[Literal["full", "retain", "forget", "forget_retain"]] = None,
+        schedule: Literal["sequential", "interleaved"] = "sequential",
+        batch_size: int = 128,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        augment: Optional[bool] = None,
+        crop_padding: int = 4,
+        horizontal_flip: bool = True,
+        mean: Optional[list[float]] = None,
+        std: Optional[list[float]] = None,
+        run_dir: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        _check_arguments(**self.hparams)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        if dataset == "image_folder":
+            self.data_path: Optional[Path] = Path(data_path).expanduser()
+        elif dataset == "digits":
+            self.data_path = None
+        else:
+            self.data_path = Path(data_path).expanduser() if data_path is not None else self.cache_dir / "torchvision"
+        self.augment = augment if augment is not None else dataset in ("cifar10", "cifar100", "image_folder")
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.test_split_names = ["forget", "retain", "test"]
+        if forget_set == "class":
+            self.test_split_names.append("test_forgotten_class")
+        known = KNOWN_DATASETS.get(dataset)
+        if known is not None:
+            if mean is not None and len(mean) != known.image_shape[0]:
+                raise ValueError(
+                    f"{dataset} images have {known.image_shape[0]} channels but mean/std have {len(mean)} values."
+                )
+            if forget_class is not None:
+                resolve_class(forget_class, known.class_names)
+        self.split: Optional[Split] = None
+        self.forget_class_index: Optional[int] = None
+        self._data: Optional[ImageData] = None
+        self._stats: Optional[tuple[tuple[float, ...], tuple[float, ...]]] = None
+        self._device_stats: dict[torch.device, tuple[Tensor, Tensor]] = {}  # mean and std on each batch device
+
+    # ---------------------------------------------------------------------------------------------- metadata
+    @property
+    def class_names(self) -> list[str]:
+        """The class names, in label order."""
+        known = KNOWN_DATASETS.get(self.hparams.dataset)
+        return list(known.class_names if known is not None else self._load().class_names)
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes."""
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images."""
+        known = KNOWN_DATASETS.get(self.hparams.dataset)
+        return known.image_shape if known is not None else tuple(self._load().train_images.shape[1:])
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel normalisation mean on the [0, 1] scale."""
+        return self._normalisation()[0]
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per-channel normalisation std on the [0, 1] scale."""
+        return self._normalisation()[1]
+
+    # ---------------------------------------------------------------------------------------------- data hooks
+    @override
+    def prepare_data(self) -> None:
+        """Download the torchvision set (``download=True``), or check its files; decode and cache an image folder."""
+        name = self.hparams.dataset
+        if name == "image_folder":
+            load_image_folder_data(self.data_path, self.cache_dir)
+        elif name != "digits":
+            if self.hparams.download:
+                download_torchvision(name, self.data_path)
+            check_torchvision_files(name, self.data_path)
+
+    @override
+    def setup(self, stage: str = "fit") -> None:
+        """Load the data, draw the splits (once) and write ``forget_indices.json``."""
+        if self.split is None:
+            data = self._load()
+            hp = self.hparams
+            forget_indices = None
+            if hp.forget_set == "class":
+                self.forget_class_index = resolve_class(hp.forget_class, data.class_names)
+            elif hp.forget_set == "indices":
+                forget_indices = read_indices_file(hp.forget_indices_file)
+            self.split = make_split(
+                data.train_labels,
+                seed=hp.seed,
+                val_size=hp.val_size,
+                forget_fraction=hp.forget_fraction,
+                forget_count=hp.forget_count,
+                forget_class=self.forget_class_index,
+                forget_indices=forget_indices,
+            )
+            if hp.mean is not None and len(hp.mean) != data.train_images.shape[1]:
+                raise ValueError(
+                    f"the images have {data.train_images.shape[1]} channels but mean/std have {len(hp.mean)} values."
+                )
+        self._write_forget_indices()
+
+    @override
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Make ``"image"`` normalised float32 on its device; crop and flip first when ``batch["augment"]``."""
+        if not isinstance(batch, dict) or "image" not in batch:
+            return batch
+        batch = dict(batch)
+        augment = batch.pop("augment", False)
+        images = batch["image"]
+        if images.dtype != torch.uint8:
+            return batch
+        if augment:
+            images = random_crop_flip(images, self.hparams.crop_padding, self.hparams.horizontal_flip)
+        if images.device not in self._device_stats:
+            mean, std = (torch.tensor(values, device=images.device) for values in (self.mean, self.std))
+            self._device_stats[images.device] = (mean, std)
+        batch["image"] = normalize(images, *self._device_stats[images.device])
+        return batch
+
+    # ---------------------------------------------------------------------------------------------- loaders
+    @override
+    def train_dataloader(self) -> DataLoader:
+        """The training stream selected by ``stream`` (or the LightningModule's ``train_stream``), shuffled."""
+        stream = self.resolve_stream()
+        split = self._split()
+        if stream == "full":
+            blocks = [torch.cat([split.forget, split.retain]).sort().values]
+        elif stream == "retain":
+            blocks = [split.retain]
+        elif stream == "forget":
+            blocks = [split.forget]
+        elif self.hparams.schedule == "sequential":
+            blocks = [split.forget, split.retain]
+        else:
+            blocks = [torch.cat([split.forget, split.retain])]
+        indices = torch.cat(blocks)
+        shards = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
+        sampler = ShuffledBlocksSampler(
+            [len(block) for block in blocks], self.hparams.seed, shards.get("num_replicas", 1), shards.get("rank", 0)
+        )
+        collate = collate_augmented_batch if self.augment else collate_batch
+        return self._loader(self._train_dataset(indices), self.hparams.batch_size, sampler, collate)
+
+    @override
+    def val_dataloader(self) -> Union[DataLoader, list[DataLoader]]:
+        """The validation hold-out (an empty list when ``val_size`` is 0, so that Lightning skips validation)."""
+        val = self._split().val
+        return self._loader(self._train_dataset(val), self.eval_batch_size) if len(val) else []
+
+    @override
+    def test_dataloader(self) -> list[DataLoader]:
+        """One loader per name in ``test_split_names``, in that order."""
+        data = self._load()
+        loaders = [self.forget_dataloader(), self.retain_dataloader()]
+        everything = torch.arange(len(data.test_labels))
+        if self.forget_class_index is None:
+            loaders.append(self._test_loader(everything))
+        else:
+            in_class = data.test_labels == self.forget_class_index
+            loaders += [self._test_loader(everything[~in_class]), self._test_loader(everything[in_class])]
+        return loaders
+
+    def forget_dataloader(self) -> DataLoader:
+        """D_f, unshuffled and unaugmented, with ``eval_batch_size``."""
+        return self._loader(self._train_dataset(self._split().forget), self.eval_batch_size)
+
+    def retain_dataloader(self) -> DataLoader:
+        """D_r, unshuffled and unaugmented, with ``eval_batch_size``."""
+        return self._loader(self._train_dataset(self._split().retain), self.eval_batch_size)
+
+    def resolve_stream(self) -> str:
+        """The training stream: ``stream``, else the LightningModule's ``train_stream``, else ``"full"``."""
+        stream = self.hparams.stream
+        if stream is None:
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            stream = getattr(module, "train_stream", "full")
+        if stream not in STREAMS:
+            raise ValueError(f"unknown training stream {stream!r}; expected one of {', '.join(STREAMS)}.")
+        return stream
+
+    # ---------------------------------------------------------------------------------------------- internals
+    def _load(self) -> ImageData:
+        if self._data is None:
+            name = self.hparams.dataset
+            if name == "digits":
+                data = load_digits_data()
+            elif name == "image_folder":
+                data = load_image_folder_data(self.data_path, self.cache_dir)
+            else:
+                data = load_torchvision_data(name, self.data_path)
+            data.check(name if self.data_path is None else str(self.data_path))
+            self._data = data
+        return self._data
+
+    def _split(self) -> Split:
+        if self.split is None:
+            raise RuntimeError("call setup() before asking UnlearningDataModule for a dataloader.")
+        return self.split
+
+    def _normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if self._stats is None:
+            hp, known = self.hparams, KNOWN_DATASETS.get(self.hparams.dataset)
+            if hp.mean is not None:
+                self._stats = (tuple(hp.mean), tuple(hp.std))
+            elif known is not None:
+                self._stats = (known.mean, known.std)
+            else:
+                self._stats = _channel_statistics(self._load().train_images)
+        return self._stats
+
+    def _train_dataset(self, indices: Tensor) -> IndexedImageDataset:
+        data, split = self._load(), self._split()
+        is_forget = torch.zeros(len(data.train_labels), dtype=torch.bool)
+        is_forget[split.forget] = True
+        return IndexedImageDataset(data.train_images, data.train_labels, indices, is_forget[indices])
+
+    def _test_loader(self, indices: Tensor) -> DataLoader:
+        data = self._load()
+        is_forget = torch.zeros(len(indices), dtype=torch.bool)
+        dataset = IndexedImageDataset(data.test_images, data.test_labels, indices, is_forget)
+        return self._loader(dataset, self.eval_batch_size)
+
+    def _loader(
+        self, dataset: Dataset, batch_size: int, sampler: Optional[Sampler] = None, collate_fn=collate_batch
+    ) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=collate_fn,
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=workers > 0,
+        )
+
+    def _write_forget_indices(self) -> None:
+        if self.trainer is not None:
+            directory, is_zero = self.trainer.default_root_dir, self.trainer.is_global_zero
+        else:
+            directory, is_zero = self.hparams.run_dir, rank_zero_only.rank == 0
+        if directory is None or not is_zero:
+            return
+        target = Path(directory).expanduser() / FORGET_INDICES_FILENAME
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as stream:
+                json.dump(self._split().forget.tolist(), stream)
+            os.chmod(temporary, 0o644)  # mkstemp creates 0600
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+def _channel_statistics(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images on the [0, 1] scale, in chunks (float64 sums)."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk].double().div_(255.0)
+        total += part.sum(dim=(0, 2, 3))
+        squares += part.square().sum(dim=(0, 2, 3))
+    count = images.numel() / images.shape[1]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _check_arguments(
+    dataset: str,
+    data_path: Optional[str],
+    download: bool,
+    forget_set: str,
+    forget_fraction: Optional[float],
+    forget_count: Optional[int],
+    forget_class: Optional[Union[int, str]],
+    forget_indices_file: Optional[str],
+    val_size: Union[int, float],
+    stream: Optional[str],
+    schedule: str,
+    batch_size: int,
+    eval_batch_size: Optional[int],
+    num_workers: int,
+    crop_padding: int,
+    mean: Optional[list[float]],
+    std: Optional[list[float]],
+    **unchecked: Any,
+) -> None:
+    """Raise ValueError for argument problems that need no data (``unchecked``: arguments with nothing to check)."""
+
+    def choice(name: str, value: Any, valid: Sequence[str]) -> None:
+        if value not in valid:
+            raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(valid)}.")
+
+    choice("dataset", dataset, DATASETS)
+    choice("forget_set", forget_set, FORGET_SETS)
+    choice("schedule", schedule, SCHEDULES)
+    if stream is not None:
+        choice("stream", stream, STREAMS)
+    if dataset == "image_folder" and data_path is None:
+        raise ValueError(
+            "dataset='image_folder' needs data_path: a folder with train/ and test/ class folders or an archive of one."
+        )
+    if dataset == "digits" and data_path is not None:
+        raise ValueError("data_path is not used by dataset='digits' (embedded in scikit-learn); remove it.")
+    if download and dataset not in ("cifar10", "cifar100", "svhn"):
+        raise ValueError(f"download=True only applies to cifar10, cifar100 and svhn, not {dataset!r}; remove it.")
+    scenario_args = {
+        "random": ("forget_fraction", "forget_count"),
+        "class": ("forget_class",),
+        "indices": ("forget_indices_file",),
+    }
+    given = {
+        "forget_fraction": forget_fraction,
+        "forget_count": forget_count,
+        "forget_class": forget_class,
+        "forget_indices_file": forget_indices_file,
+    }
+    stray = [name for name, value in given.items() if value is not None and name not in scenario_args[forget_set]]
+    if stray:
+        raise ValueError(
+            f"{', '.join(stray)} cannot be used with forget_set={forget_set!r}; remove it or change forget_set."
+        )
+    if forget_set == "random":
+        if (forget_fraction is None) == (forget_count is None):
+            raise ValueError(
+                f"forget_set='random' needs exactly one of forget_fraction or forget_count; got "
+                f"{'both' if forget_fraction is not None else 'neither'}."
+            )
+        if forget_fraction is not None and not 0.0 < forget_fraction < 1.0:
+            raise ValueError(
+                f"forget_fraction must be in (0, 1), got {forget_fraction}; use forget_count for a number of samples."
+            )
+        if forget_count is not None and (isinstance(forget_count, bool) or forget_count < 1):
+            raise ValueError(f"forget_count must be a positive integer, got {forget_count}.")
+    elif forget_set == "class" and forget_class is None:
+        raise ValueError("forget_set='class' needs forget_class (a class name or index).")
+    elif forget_set == "indices" and forget_indices_file is None:
+        raise ValueError(
+            "forget_set='indices' needs forget_indices_file (one training-set index per line or a JSON list)."
+        )
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
+        raise ValueError(f"val_size must be an int (a count) or a float (a fraction), got {val_size!r}.")
+    if isinstance(val_size, int) and val_size < 0 or isinstance(val_size, float) and not 0.0 <= val_size < 1.0:
+        raise ValueError(f"val_size must be a count >= 0 or a fraction in [0, 1), got {val_size}.")
+    minimums = (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("crop_padding", crop_padding, 0))
+    for name, value, minimum in minimums:
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    if eval_batch_size is not None and eval_batch_size < 1:
+        raise ValueError(f"eval_batch_size must be >= 1, got {eval_batch_size}.")
+    if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):
+        raise ValueError("give mean and std together, with one value per image channel each.")
+    if std is not None and any(s <= 0 for s in std):
+        raise ValueError(f"std values must be positive, got {std}.")
