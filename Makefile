@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # This machine serves exactly these builds of PyTorch from local disk.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo benchmarks clean
+.PHONY: install test demo clean
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/python examples/weight_saliency_digits.py
+	$(BIN)/python -m salun_lightning.demo
 
 clean:
 	rm -rf $(VENV) *.egg-info runs lightning_logs .pytest_cache

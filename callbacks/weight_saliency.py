@@ -393,7 +393,6 @@ class WeightSaliencyCallback(Callback):
                 f"{type(trainer.strategy).__name__}: sharded strategies (FSDP, DeepSpeed) split parameters across "
                 "ranks, which the mask does not handle yet. Use strategy='ddp' (or 'ddp_spawn')."
             )
-        self._selected_parameters(pl_module)  # fail early on a filter that selects nothing
         if self.mask_path is None and trainer.ckpt_path is None and not self._has_forget_data(trainer):
             raise MisconfigurationException(_NO_FORGET_DATA)
 

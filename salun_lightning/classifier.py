@@ -145,6 +145,8 @@ class ClassifierUnlearningModule(LightningModule):
         self.net: Optional[nn.Module] = None
         self.fit_minutes: Optional[float] = None
         self._fit_started: Optional[float] = None
+        if num_classes is not None and in_channels is not None:
+            self._build(num_classes, in_channels)
 
     @property
     def train_stream(self) -> str:
@@ -153,6 +155,7 @@ class ClassifierUnlearningModule(LightningModule):
 
     # ------------------------------------------------------------------------------------------------ model
     def configure_model(self) -> None:
+        """Build the network now if ``num_classes``/``in_channels`` had to come from the datamodule."""
         if self.net is not None:
             return
         hp = self.hparams
@@ -161,6 +164,10 @@ class ClassifierUnlearningModule(LightningModule):
         in_channels = hp.in_channels or (data.image_shape[0] if data is not None else None)
         if num_classes is None or in_channels is None:
             raise ValueError("set num_classes and in_channels, or fit with a datamodule that provides them.")
+        self._build(num_classes, in_channels)
+
+    def _build(self, num_classes: int, in_channels: int) -> None:
+        hp = self.hparams
         self.net = build_classifier(hp.model, num_classes, in_channels)
         self.num_classes = num_classes
         if hp.original_weights is not None:

@@ -61,9 +61,9 @@ def mask_main(argv: Sequence[str]) -> None:
     parser.add_argument("--out", required=True, help="where to write the mask (.safetensors)")
     args, rest = parser.parse_known_args(argv)
     callback = WeightSaliencyCallback(ratio=args.ratio, save_mask_path=args.out)  # checks the ratio first
-    cli = SalunCLI(args=["fit", *rest], run=False)
+    cli = SalunCLI(args=list(rest), run=False)
     cli.model.configure_callbacks = lambda: [callback]  # this callback only, whatever the method's own
-    cli.trainer.fit_loop.max_steps = 0  # on_fit_start computes and writes the mask; no step is taken
+    cli.trainer.fit_loop.epoch_loop.max_steps = 0  # on_fit_start computes and writes the mask; no step is taken
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     print(f"wrote {args.out}: {callback.saliency_stats['kept']:,} of {callback.saliency_stats['total']:,} weights")
 

@@ -1,0 +1,65 @@
+"""The whole classifier pipeline on scikit-learn's digits, through the ``salun`` command line (``make demo``).
+
+Trains the original model, computes the saliency mask, unlearns a random 10% of the training set with salun,
+ft, ga, rl and l1_sparse, retrains from scratch without it, and writes the comparison to
+``<out>/report.md`` and ``<out>/report.png``.
+
+    python -m salun_lightning.demo [--out runs/demo] [--configs configs/digits]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from salun_lightning.cli import main as salun
+
+UNLEARNING_METHODS = ("salun", "ft", "ga", "rl", "l1_sparse")
+
+
+def run(configs: Path, out: Path, scenario: Path) -> str:
+    """Run every step for one forgetting scenario (a config stacked on every method's) and return the table."""
+    weights = out / "train" / "model.safetensors"
+    mask = out / "mask.safetensors"
+    steps = [
+        ("train the original model", ["fit", "--config", str(configs / "train.yaml")], "train"),
+        ("compute the saliency mask", ["mask", "--config", str(configs / "salun.yaml"), "--out", str(mask)], None),
+        *[
+            (f"unlearn with {method}", ["fit", "--config", str(configs / f"{method}.yaml")], method)
+            for method in UNLEARNING_METHODS
+        ],
+        ("retrain from scratch without the forget set", ["fit", "--config", str(configs / "retrain.yaml")], "retrain"),
+    ]
+    for number, (title, args, method) in enumerate(steps, start=1):
+        started = time.perf_counter()
+        print(f"\n[{number}/{len(steps) + 1}] {title}", flush=True)
+        root = out / (method or "mask")
+        args += ["--config", str(scenario)]
+        if method not in ("train", "retrain"):
+            args += [f"--model.init_args.original_weights={weights}"]
+        if method == "salun":
+            args += [f"--model.init_args.mask_path={mask}"]
+        salun([*args, f"--trainer.default_root_dir={root}"])
+        print(f"    done in {time.perf_counter() - started:.1f} s", flush=True)
+    print(f"\n[{len(steps) + 1}/{len(steps) + 1}] report", flush=True)
+    run_dirs = [str(out / m) for m in ("retrain", "train", *UNLEARNING_METHODS)]
+    salun(["report", *run_dirs, "--out", str(out)])
+    return (out / "report.md").read_text()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--configs", type=Path, default=Path("configs/digits"))
+    parser.add_argument("--scenario", default="class", help="a config in <configs>/forget/ (class, random10, ...)")
+    args = parser.parse_args()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # keep the output short
+    started = time.perf_counter()
+    run(args.configs, args.out, args.configs / "forget" / f"{args.scenario}.yaml")
+    print(f"\nwrote {args.out / 'report.md'} and {args.out / 'report.png'} in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""ClassifierUnlearningModule: each method's defining effect, metrics.json, weights loading, errors, DDP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.nn import functional as F
+
+import salun_lightning.classifier as classifier
+from salun_lightning import ClassifierUnlearningModule, UnlearningDataModule
+from salun_lightning.callbacks import WeightSaliencyCallback
+from salun_lightning.classifier import load_weights, random_other_labels
+from salun_lightning.models import build_classifier
+
+
+def make_data(**kwargs) -> UnlearningDataModule:
+    options = dict(dataset="digits", forget_fraction=0.1, seed=0, batch_size=64)
+    options.update(kwargs)
+    return UnlearningDataModule(**options)
+
+
+def make_trainer(root: Path, **kwargs) -> pl.Trainer:
+    options = dict(
+        accelerator="cpu", devices=1, max_epochs=1, default_root_dir=str(root), logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory) -> Path:
+    """A briefly trained original model on digits (method 'train')."""
+    root = tmp_path_factory.mktemp("train")
+    pl.seed_everything(0)
+    model = ClassifierUnlearningModule("train", model="small_resnet", lr=0.05)
+    trainer, data = make_trainer(root, max_epochs=3), make_data()
+    trainer.fit(model, data)
+    trainer.test(model, data)
+    return root / "model.safetensors"
+
+
+def forget_loss(model: ClassifierUnlearningModule, data: UnlearningDataModule) -> float:
+    model.eval()
+    with torch.no_grad():
+        losses = [
+            F.cross_entropy(model(data.on_after_batch_transfer(b, 0)["image"]), b["label"], reduction="sum")
+            for b in data.forget_dataloader()
+        ]
+    return float(sum(losses)) / len(data.split.forget)
+
+
+def test_train_writes_weights_and_metrics(original):
+    metrics = json.loads((original.parent / "metrics.json").read_text())
+    assert set(metrics) >= {"method", "seed", "UA", "RA", "TA", "MIA", "RTE"}
+    assert metrics["method"] == "train" and metrics["RTE"] > 0
+    assert metrics["TA"] > 50  # three epochs on digits learn something
+
+
+def test_metrics_match_a_hand_computation(original, tmp_path):
+    data = make_data()
+    model = ClassifierUnlearningModule("ft", model="small_resnet", original_weights=str(original))
+    make_trainer(tmp_path).test(model, data)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    model.eval()
+    with torch.no_grad():
+        def accuracy(loader):
+            correct = total = 0
+            for batch in loader:
+                batch = data.on_after_batch_transfer(batch, 0)
+                correct += int((model(batch["image"]).argmax(1) == batch["label"]).sum())
+                total += len(batch["label"])
+            return 100 * correct / total
+
+        loaders = dict(zip(data.test_split_names, data.test_dataloader()))
+        assert metrics["UA"] == pytest.approx(100 - accuracy(loaders["forget"]), abs=1e-4)
+        assert metrics["RA"] == pytest.approx(accuracy(loaders["retain"]), abs=1e-4)
+        assert metrics["TA"] == pytest.approx(accuracy(loaders["test"]), abs=1e-4)
+    assert 0 <= metrics["MIA"] <= 100
+
+
+def test_ga_raises_the_forget_loss(original, tmp_path):
+    data = make_data()
+    data.setup("fit")
+    model = ClassifierUnlearningModule(
+        "ga", model="small_resnet", original_weights=str(original), lr=0.05, num_classes=10, in_channels=1
+    )
+    before = forget_loss(model, data)
+    model.train()
+    make_trainer(tmp_path, max_epochs=3).fit(model, data)
+    after = forget_loss(model, data)
+    assert after > 10 * before and after > before + 0.5, (before, after)
+
+
+def test_rl_trains_on_labels_that_differ_from_the_true_ones(original, tmp_path, monkeypatch):
+    seen = []
+    real_cross_entropy = F.cross_entropy
+
+    def spy(logits, labels, *args, **kwargs):
+        seen.append(labels.clone())
+        return real_cross_entropy(logits, labels, *args, **kwargs)
+
+    model = ClassifierUnlearningModule("rl", model="small_resnet", original_weights=str(original))
+    batches = []
+    original_step = model.training_step
+    model.training_step = lambda batch, batch_idx: (batches.append({k: v.clone() for k, v in batch.items()}), original_step(batch, batch_idx))[1]
+    monkeypatch.setattr(classifier.F, "cross_entropy", spy)
+    make_trainer(tmp_path, limit_train_batches=4).fit(model, make_data())
+    assert len(seen) == len(batches) == 4
+    forget_seen = retain_seen = 0
+    for labels, batch in zip(seen, batches):
+        forget = batch["is_forget"]
+        assert (labels[forget] != batch["label"][forget]).all()
+        assert (labels[~forget] == batch["label"][~forget]).all()
+        forget_seen += int(forget.sum())
+        retain_seen += int((~forget).sum())
+    assert forget_seen > 0 and retain_seen > 0  # sequential schedule: the forget set first, then the retain set
+
+
+def test_random_other_labels_cover_every_other_class():
+    labels = torch.zeros(2000, dtype=torch.long)
+    drawn = random_other_labels(labels, 10)
+    assert set(drawn.tolist()) == set(range(1, 10))
+
+
+def test_salun_leaves_non_salient_weights_untouched(original, tmp_path):
+    from safetensors.torch import load_file
+
+    start = load_file(str(original))
+    model = ClassifierUnlearningModule(
+        "salun", model="small_resnet", original_weights=str(original), save_mask_path=str(tmp_path / "mask.safetensors")
+    )
+    trainer = make_trainer(tmp_path, max_epochs=2)
+    trainer.fit(model, make_data())
+    saliency = next(c for c in trainer.callbacks if isinstance(c, WeightSaliencyCallback))
+    changed = 0
+    for name, param in model.net.named_parameters():
+        mask = saliency.mask[f"net.{name}"]
+        assert torch.equal(param.detach()[~mask], start[name][~mask]), name
+        changed += int((param.detach()[mask] != start[name][mask]).sum())
+    assert changed > 0
+    assert (tmp_path / "mask.safetensors").is_file()
+
+
+def test_retrain_starts_fresh_and_never_sees_forget_samples(original, tmp_path):
+    from safetensors.torch import load_file
+
+    data = make_data()
+    model = ClassifierUnlearningModule("retrain", model="small_resnet")
+    indices = []
+    original_step = model.training_step
+    model.training_step = lambda batch, batch_idx: (indices.append(batch["index"].clone()), original_step(batch, batch_idx))[1]
+    make_trainer(tmp_path).fit(model, data)
+    seen = torch.cat(indices)
+    assert not torch.isin(seen, data.split.forget).any()
+    assert torch.equal(seen.sort().values, data.split.retain)
+    trained = load_file(str(original))
+    assert not torch.equal(model.net.stem[0].weight.detach(), trained["stem.0.weight"])
+
+
+def test_l1_sparse_adds_a_decaying_penalty(original, tmp_path):
+    model = ClassifierUnlearningModule("l1_sparse", model="small_resnet", original_weights=str(original), l1_alpha=1e-3)
+    weights = []
+    model.log = lambda name, value, **kwargs: weights.append(value) if name == "train/l1_weight" else None
+    make_trainer(tmp_path, max_epochs=2).fit(model, make_data())
+    assert weights[0] == pytest.approx(1e-3)
+    assert weights == sorted(weights, reverse=True) and weights[-1] < weights[0] / 5
+
+
+def test_loads_a_lightning_checkpoint_strictly(original, tmp_path):
+    model = ClassifierUnlearningModule("ft", model="small_resnet", original_weights=str(original))
+    trainer = make_trainer(tmp_path, limit_train_batches=1)
+    trainer.fit(model, make_data())
+    trainer.save_checkpoint(tmp_path / "ft.ckpt")
+    net = build_classifier("small_resnet", 10, 1)
+    load_weights(net, str(tmp_path / "ft.ckpt"))
+    assert torch.equal(net.fc.weight, model.net.fc.weight.detach())
+
+
+def test_weights_mismatch_names_the_keys(original):
+    with pytest.raises(ValueError, match=r"do not fit the ResNet: missing \['bn1\.bias'"):
+        load_weights(build_classifier("resnet18", 10, 1), str(original))
+    with pytest.raises(ValueError, match=r"wrong shape \['fc\.weight \(10, 64\) != \(7, 64\)', 'fc\.bias \(10,\) != \(7,\)'\] \(2\)"):
+        load_weights(build_classifier("small_resnet", 7, 1), str(original))
+    with pytest.raises(FileNotFoundError, match="does not exist; run the 'train' method first"):
+        load_weights(build_classifier("small_resnet", 10, 1), "missing.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(method="salun"), "unlearns from the original model: pass original_weights"),
+        (dict(method="retrain", original_weights="x.safetensors"), "trains from fresh weights: remove original_weights"),
+        (dict(method="forget"), "unknown method 'forget'; choose one of train, retrain, ft, ga, rl, l1_sparse, salun"),
+        (dict(method="ft", original_weights="x", save_mask_path="m"), "belong to method 'salun', not 'ft'"),
+        (dict(method="salun", original_weights="x", saliency_ratio=1.5), r"saliency_ratio must be in \(0, 1\]"),
+        (dict(method="train", lr=-1.0), "lr must be positive"),
+    ],
+)
+def test_argument_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ClassifierUnlearningModule(**kwargs)
+
+
+def test_unknown_model_error():
+    with pytest.raises(ValueError, match="unknown model 'resnet99'; choose one of resnet18, small_resnet, vgg16_bn"):
+        build_classifier("resnet99", 10)
+    with pytest.raises(ValueError, match="unknown torchvision classification model 'nope'"):
+        build_classifier("torchvision:nope", 10)
+
+
+def test_two_process_ddp_salun_end_to_end(original, tmp_path):
+    from safetensors.torch import load_file
+
+    model = ClassifierUnlearningModule(
+        "salun", model="small_resnet", original_weights=str(original), num_classes=10, in_channels=1
+    )
+    data = make_data()
+    make_trainer(tmp_path, strategy="ddp_spawn", devices=2, max_epochs=1).fit(model, data)
+    assert not torch.equal(model.net.fc.weight.detach(), load_file(str(original))["fc.weight"])  # trained weights came back
+    make_trainer(tmp_path).test(model, data)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["method"] == "salun" and 0 <= metrics["UA"] <= 100
+    assert json.loads((tmp_path / "forget_indices.json").read_text()) == data.split.forget.tolist()
