@@ -5,20 +5,7 @@ import torch
 
 import salun_lightning.callbacks.weight_saliency as weight_saliency
 from salun_lightning.callbacks import kept_count, saliency_mask
-
-
-def brute_force_mask(saliency: dict[str, torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:
-    """Stable sort of all values, largest first; ties keep flat order across tensors in mapping order."""
-    flat = torch.cat([v.reshape(-1).float() for v in saliency.values()])
-    keep = int(len(flat) * ratio + 1e-9)
-    order = torch.sort(-flat, stable=True).indices[:keep]
-    kept = torch.zeros(len(flat), dtype=torch.bool)
-    kept[order] = True
-    masks, offset = {}, 0
-    for name, value in saliency.items():
-        masks[name] = kept[offset : offset + value.numel()].view(value.shape)
-        offset += value.numel()
-    return masks
+from tests.reference import brute_force_mask
 
 
 def random_saliency(generator: torch.Generator, kind: str) -> dict[str, torch.Tensor]:

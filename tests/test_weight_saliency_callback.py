@@ -17,7 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from salun_lightning.callbacks import WeightSaliencyCallback, load_mask, saliency_mask
+from salun_lightning.callbacks import WeightSaliencyCallback, load_mask
+from tests.reference import brute_force_mask
 
 FEATURES, CLASSES = 12, 4
 
@@ -68,16 +69,8 @@ def reference_mask(model: PlainClassifier, forget: TensorDataset, ratio: float, 
     saliency = {n: (p.grad.abs() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
     if names is not None:
         saliency = {n: s for n, s in saliency.items() if n in names}
-    flat = torch.cat([s.reshape(-1) for s in saliency.values()])
-    order = torch.sort(-flat, stable=True).indices[: int(len(flat) * ratio)]
-    kept = torch.zeros(len(flat), dtype=torch.bool)
-    kept[order] = True
-    out, offset = {}, 0
-    for n, s in saliency.items():
-        out[n] = kept[offset : offset + s.numel()].view(s.shape)
-        offset += s.numel()
     model.zero_grad(set_to_none=True)
-    return out
+    return brute_force_mask(saliency, ratio)
 
 
 def trainer(**kwargs) -> pl.Trainer:
