@@ -1,10 +1,13 @@
-"""Markdown report (and bar chart) of classifier unlearning runs, each compared with the retrain run of its seed.
+"""Markdown report (and bar chart) of unlearning runs, each compared with the retrain run of its seed.
 
-Every run directory holds a ``metrics.json`` written by the classifier module::
+Every run directory holds a ``metrics.json``. Classifier runs (written by the classifier module)::
 
     {"method": "salun", "seed": 0, "UA": 2.85, "RA": 99.62, "TA": 93.93, "MIA": 14.39, "RTE": 2.66}
 
-UA, RA, TA and MIA are percentages, RTE is minutes; extra keys are ignored. From the command line::
+UA, RA, TA and MIA are percentages, RTE is minutes; extra keys are ignored. Diffusion runs (recognised by their
+``FID`` key) hold ``UA``, ``retained_accuracy`` (the judge's accuracy on retained-class generations, percent),
+``FID``, ``fid_features`` (the feature extractor, which must be the same for all runs) and ``RTE``; their table
+has no Avg. Gap and needs no retrain run. From the command line::
 
     python -m salun_lightning.report runs/*/ --out reports/cifar10
 """
@@ -28,10 +31,26 @@ from salun_lightning.metrics.functional import average_gap
 __all__ = ["build_report", "main"]
 
 PathLike = Union[str, os.PathLike]
-METRIC_KEYS: tuple[str, ...] = ("UA", "RA", "TA", "MIA")
-NUMBER_KEYS: tuple[str, ...] = (*METRIC_KEYS, "RTE")
 GAP_COLUMN = "Avg. Gap"
-COLUMNS: tuple[str, ...] = (*METRIC_KEYS, GAP_COLUMN, "RTE")
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """Which numbers a kind of run reports, and which of them are averaged into the gap to retrain."""
+
+    name: str
+    numbers: tuple[str, ...]  # required numeric keys of metrics.json
+    compared: tuple[str, ...]  # averaged into Avg. Gap against retrain (empty: no gap, no retrain needed)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        if not self.compared:
+            return self.numbers
+        return (*self.numbers[:-1], GAP_COLUMN, self.numbers[-1])
+
+
+CLASSIFIER = _Kind("classifier", ("UA", "RA", "TA", "MIA", "RTE"), ("UA", "RA", "TA", "MIA"))
+DIFFUSION = _Kind("diffusion", ("UA", "retained_accuracy", "FID", "RTE"), ())
 
 
 @dataclass(frozen=True)
@@ -40,14 +59,16 @@ class _Run:
     method: str
     seed: int
     values: dict[str, float]
+    kind: _Kind
+    fid_features: Optional[str] = None
 
 
 @dataclass(frozen=True)
 class _MethodSummary:
     method: str
     runs: list[_Run]
-    columns: dict[str, np.ndarray]  # COLUMNS -> one value per run
-    gaps: dict[str, np.ndarray]  # METRIC_KEYS and GAP_COLUMN -> |run - retrain| per run
+    columns: dict[str, np.ndarray]  # the kind's columns -> one value per run
+    gaps: dict[str, np.ndarray]  # the kind's compared keys and GAP_COLUMN -> |run - retrain| per run
 
 
 def _load_run(directory: Path) -> _Run:
@@ -60,7 +81,8 @@ def _load_run(directory: Path) -> _Run:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(record, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(record).__name__}")
-    for key in ("method", "seed", *NUMBER_KEYS):
+    kind = DIFFUSION if "FID" in record else CLASSIFIER
+    for key in ("method", "seed", *kind.numbers, *(("fid_features",) if kind is DIFFUSION else ())):
         if key not in record:
             raise ValueError(f"{path} is missing key {key!r}")
     method, seed = record["method"], record["seed"]
@@ -69,12 +91,12 @@ def _load_run(directory: Path) -> _Run:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"{path}: 'seed' must be an integer, got {seed!r}")
     values = {}
-    for key in NUMBER_KEYS:
+    for key in kind.numbers:
         value = record[key]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise ValueError(f"{path}: {key!r} must be a finite number, got {value!r}")
         values[key] = float(value)
-    return _Run(directory, method, seed, values)
+    return _Run(directory, method, seed, values, kind, record.get("fid_features"))
 
 
 def _summarise(runs: list[_Run], retrain: str) -> list[_MethodSummary]:
@@ -84,8 +106,15 @@ def _summarise(runs: list[_Run], retrain: str) -> list[_MethodSummary]:
         other = seen.setdefault((run.method, run.seed), run.directory)
         if other != run.directory:
             raise ValueError(f"two {run.method!r} runs with seed {run.seed}: {other} and {run.directory}")
+    kinds = {run.kind.name for run in runs}
+    if len(kinds) > 1:
+        raise ValueError(f"cannot mix classifier and diffusion runs in one report ({', '.join(sorted(kinds))})")
+    kind = runs[0].kind
+    features = {run.fid_features for run in runs}
+    if len(features) > 1:
+        raise ValueError(f"FIDs from different feature extractors cannot be compared: {sorted(map(str, features))}")
     references = {run.seed: run for run in runs if run.method == retrain}
-    if not references:
+    if kind.compared and not references:
         read = ", ".join(str(run.directory) for run in runs)
         raise ValueError(f"no {retrain!r} run to compare against among the run directories read: {read}")
 
@@ -94,20 +123,23 @@ def _summarise(runs: list[_Run], retrain: str) -> list[_MethodSummary]:
         by_method.setdefault(run.method, []).append(run)
     summaries = []
     for method, method_runs in by_method.items():
-        gaps: dict[str, list[float]] = {key: [] for key in (*METRIC_KEYS, GAP_COLUMN)}
-        for run in method_runs:
+        gaps: dict[str, list[float]] = {key: [] for key in (*kind.compared, GAP_COLUMN)}
+        for run in method_runs if kind.compared else ():
             reference = references.get(run.seed)
             if reference is None:
                 raise ValueError(
                     f"no {retrain!r} run with seed {run.seed} for the {method!r} run in {run.directory} "
                     f"({retrain!r} seeds: {sorted(references)})"
                 )
-            for key in METRIC_KEYS:
+            for key in kind.compared:
                 gaps[key].append(abs(run.values[key] - reference.values[key]))
-            gaps[GAP_COLUMN].append(average_gap(run.values, reference.values, METRIC_KEYS))
-        columns = {key: np.array([run.values[key] for run in method_runs]) for key in NUMBER_KEYS}
-        columns[GAP_COLUMN] = np.array(gaps[GAP_COLUMN])
+            gaps[GAP_COLUMN].append(average_gap(run.values, reference.values, kind.compared))
+        columns = {key: np.array([run.values[key] for run in method_runs]) for key in kind.numbers}
+        if kind.compared:
+            columns[GAP_COLUMN] = np.array(gaps[GAP_COLUMN])
         summaries.append(_MethodSummary(method, method_runs, columns, {k: np.array(v) for k, v in gaps.items()}))
+    if not kind.compared:
+        return sorted(summaries, key=lambda s: (s.method != retrain, s.method != "train", s.method))
     return sorted(summaries, key=lambda s: (s.method != retrain, s.columns[GAP_COLUMN].mean(), s.method))
 
 
@@ -118,12 +150,14 @@ def _cell(values: np.ndarray) -> str:
 
 
 def _markdown_table(summaries: list[_MethodSummary]) -> str:
+    columns = summaries[0].runs[0].kind.columns
+    headers = [{"retained_accuracy": "retained acc."}.get(column, column) for column in columns]
     lines = [
-        "| method | " + " | ".join(COLUMNS) + " |",
-        "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |",
+        "| method | " + " | ".join(headers) + " |",
+        "| --- | " + " | ".join("---:" for _ in columns) + " |",
     ]
     for summary in summaries:
-        lines.append(f"| {summary.method} | " + " | ".join(_cell(summary.columns[c]) for c in COLUMNS) + " |")
+        lines.append(f"| {summary.method} | " + " | ".join(_cell(summary.columns[c]) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -131,6 +165,15 @@ def _markdown_document(table: str, summaries: list[_MethodSummary], retrain: str
     runs = "\n".join(
         f"- {summary.method}, seed {run.seed}: `{run.directory}`" for summary in summaries for run in summary.runs
     )
+    first = summaries[0].runs[0]
+    if first.kind is DIFFUSION:
+        return (
+            "# Unlearning report (diffusion)\n\n"
+            "UA: percentage of forgotten-class generations the judge classifier does not assign to the forgotten "
+            "class; retained acc.: the judge's accuracy on generations of the retained classes (percent); FID on "
+            f"retained classes with {first.fid_features} features; RTE in minutes.\n\n"
+            f"{table}\n![UA and retained accuracy per method](report.png)\n\n## Runs\n\n{runs}\n"
+        )
     return (
         "# Unlearning report\n\n"
         "UA, RA, TA and MIA (MIA-Efficacy) in percent; Avg. Gap is the mean of |method - retrain| over UA, RA, TA "
@@ -147,16 +190,20 @@ def _plot_gaps(summaries: list[_MethodSummary], retrain: str, stream: IO[bytes])
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    groups = (*METRIC_KEYS, GAP_COLUMN)
-    methods = [summary for summary in summaries if summary.method != retrain]
+    kind = summaries[0].runs[0].kind
+    if kind.compared:
+        groups, values, methods = (*kind.compared, GAP_COLUMN), "gaps", [s for s in summaries if s.method != retrain]
+    else:
+        groups, values, methods = ("UA", "retained_accuracy"), "columns", summaries
     figure = Figure(figsize=(8, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     width = 0.8 / max(len(methods), 1)
     positions = np.arange(len(groups))
     for index, summary in enumerate(methods):
-        means = [summary.gaps[group].mean() for group in groups]
-        errors = [summary.gaps[group].std(ddof=1) for group in groups] if len(summary.runs) > 1 else None
+        table = getattr(summary, values)
+        means = [table[group].mean() for group in groups]
+        errors = [table[group].std(ddof=1) for group in groups] if len(summary.runs) > 1 else None
         offset = (index - (len(methods) - 1) / 2) * width
         axes.bar(positions + offset, means, width, yerr=errors, capsize=3, label=summary.method)
     if methods:
@@ -164,8 +211,12 @@ def _plot_gaps(summaries: list[_MethodSummary], retrain: str, stream: IO[bytes])
     else:
         axes.text(0.5, 0.5, f"only {retrain!r} runs", ha="center", va="center", transform=axes.transAxes)
     axes.set_xticks(positions, groups)
-    axes.set_ylabel(f"|method - {retrain}| (percentage points)")
-    axes.set_title(f"Absolute gap to {retrain} (lower is better)")
+    if kind.compared:
+        axes.set_ylabel(f"|method - {retrain}| (percentage points)")
+        axes.set_title(f"Absolute gap to {retrain} (lower is better)")
+    else:
+        axes.set_ylabel("percent")
+        axes.set_title("Forgetting (UA) and retained-class accuracy of the generations")
     figure.savefig(stream, format="png", dpi=120)
 
 
@@ -198,7 +249,8 @@ def build_report(run_dirs: Sequence[PathLike], out_dir: Optional[PathLike] = Non
     Raises:
         FileNotFoundError: if a run directory has no ``metrics.json``.
         ValueError: on invalid JSON, a missing or ill-typed key, no run directories, two runs with the same
-            method and seed, no ``retrain`` run, or a run whose seed has no ``retrain`` run.
+            method and seed, no ``retrain`` run, or a run whose seed has no ``retrain`` run (classifier runs),
+            classifier and diffusion runs mixed, or FIDs from different feature extractors.
 
     Example::
 

@@ -183,3 +183,57 @@ def test_run_dirs_arguments(tmp_path):
         build_report([])
     with pytest.raises(TypeError, match="sequence of directories, got the single path"):
         build_report(str(tmp_path))
+
+
+def write_diffusion_run(directory: Path, method: str, ua: float, accuracy: float, fid: float, features: str = "judge-penultimate-64") -> Path:
+    directory.mkdir(parents=True)
+    record = {"method": method, "seed": 0, "UA": ua, "retained_accuracy": accuracy, "FID": fid,
+              "fid_features": features, "RTE": 1.5}
+    (directory / "metrics.json").write_text(json.dumps(record))
+    return directory
+
+
+def test_diffusion_runs_get_their_own_table_without_retrain(tmp_path):
+    runs = [
+        write_diffusion_run(tmp_path / "salun", "salun", 99.0, 90.0, 3.25),
+        write_diffusion_run(tmp_path / "train", "train", 2.0, 95.0, 1.0),
+        write_diffusion_run(tmp_path / "ga", "ga", 100.0, 40.0, 30.0),
+    ]
+    table = build_report(runs, tmp_path / "out")
+    assert table == (
+        "| method | UA | retained acc. | FID | RTE |\n"
+        "| --- | ---: | ---: | ---: | ---: |\n"
+        "| train | 2.00 | 95.00 | 1.00 | 1.50 |\n"
+        "| ga | 100.00 | 40.00 | 30.00 | 1.50 |\n"
+        "| salun | 99.00 | 90.00 | 3.25 | 1.50 |\n"
+    )
+    document = (tmp_path / "out" / "report.md").read_text()
+    assert "with judge-penultimate-64 features" in document
+    assert (tmp_path / "out" / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_diffusion_and_classifier_runs_do_not_mix(tmp_path):
+    diffusion = write_diffusion_run(tmp_path / "salun", "salun", 99.0, 90.0, 3.0)
+    classifier = tmp_path / "retrain"
+    classifier.mkdir()
+    (classifier / "metrics.json").write_text(json.dumps(
+        {"method": "retrain", "seed": 0, "UA": 5.0, "RA": 100.0, "TA": 94.0, "MIA": 12.0, "RTE": 40.0}))
+    with pytest.raises(ValueError, match="cannot mix classifier and diffusion runs"):
+        build_report([diffusion, classifier])
+
+
+def test_fids_from_different_features_are_refused(tmp_path):
+    runs = [
+        write_diffusion_run(tmp_path / "a", "salun", 99.0, 90.0, 3.0, "inception-v3-2048"),
+        write_diffusion_run(tmp_path / "b", "ga", 99.0, 90.0, 3.0, "judge-penultimate-64"),
+    ]
+    with pytest.raises(ValueError, match="FIDs from different feature extractors cannot be compared"):
+        build_report(runs)
+
+
+def test_diffusion_run_missing_fid_features(tmp_path):
+    run = tmp_path / "salun"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"method": "salun", "seed": 0, "UA": 1.0, "retained_accuracy": 2.0, "FID": 3.0, "RTE": 1.0}))
+    with pytest.raises(ValueError, match="missing key 'fid_features'"):
+        build_report([run])
