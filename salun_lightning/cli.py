@@ -1,4 +1,4 @@
-"""The ``salun`` command: LightningCLI for every experiment, plus ``mask`` and ``report``.
+"""The ``salun`` command: LightningCLI for every experiment, plus ``mask``, ``report`` and ``sample``.
 
 Example::
 
@@ -7,6 +7,7 @@ Example::
     salun test --config configs/digits/salun.yaml --ckpt_path runs/digits/salun/checkpoints/last.ckpt
     salun mask --config configs/digits/salun.yaml --ratio 0.5 --out runs/digits/mask.safetensors
     salun report runs/digits/* --out runs/digits
+    salun sample --config configs/diffusion/ddpm_digits_salun.yaml --out runs/ddpm_digits/salun/samples
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ def main(args: Optional[Sequence[str]] = None) -> None:
         report.main(argv[1:])
     elif argv and argv[0] == "mask":
         mask_main(argv[1:])
+    elif argv and argv[0] == "sample":
+        from salun_lightning.diffusion.sampling import sample_main  # diffusers is imported only when sampling
+
+        sample_main(argv[1:])
     else:
         SalunCLI(args=argv)
 

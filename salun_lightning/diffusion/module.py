@@ -1,0 +1,650 @@
+"""Diffusion unlearning (SPEC section 5): one LightningModule, two conditionings.
+
+:class:`DiffusionUnlearningModule` writes the losses once: the denoising loss, the forget loss
+``L_f = ||eps(x_t, c_f) - stopgrad(eps(x_t, c_p))||^2`` against a pseudo condition ``c_p``, the objective
+``L_f + alpha * L_r`` and the saliency loss. Its subclasses only say how a condition is encoded and how images map to
+the denoiser's space: :class:`ClassConditionalDiffusion` (pixel space, class labels, a null class for classifier-free
+guidance) and :class:`TextToImageDiffusion` (VAE latents, CLIP text embeddings, the empty prompt unconditional).
+
+Example::
+
+    from lightning.pytorch import Trainer
+    from salun_lightning.diffusion import ClassConditionalDiffusion, DiffusionDataModule
+
+    data = DiffusionDataModule("digits", forget_class=0, image_size=16, batch_size=128)
+    model = ClassConditionalDiffusion(method="salun", pretrained="runs/ddpm/train", denoising_reduction="sum")
+    Trainer(max_steps=1000, default_root_dir="runs/ddpm/salun").fit(model, data)  # -> runs/ddpm/salun/unet
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from lightning.pytorch import Callback, LightningModule
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from salun_lightning.callbacks import WeightSaliencyCallback
+from salun_lightning.classifier import random_other_labels, write_json
+from salun_lightning.data.splits import resolve_class
+
+Method = Literal["train", "retrain", "ga", "rl", "salun"]
+Pseudo = Literal["next", "random", "class", "prompt"]
+Component = Optional[Union[str, dict[str, Any]]]
+Conditions = Union[Tensor, list[str]]  # class labels, or prompts
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+RUN_FILENAME = "run.json"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method trains on and how: the only things that vary between methods."""
+
+    stream: str  # the DiffusionDataModule training stream
+    from_original: bool  # starts from trained denoiser weights (else fresh weights)
+    objective: Literal["denoise", "ascent", "forget_retain"]
+    saliency: bool = False
+
+
+METHODS: dict[str, MethodSpec] = {
+    "train": MethodSpec("full", from_original=False, objective="denoise"),
+    "retrain": MethodSpec("retain", from_original=False, objective="denoise"),
+    "ga": MethodSpec("forget", from_original=True, objective="ascent"),
+    "rl": MethodSpec("forget_retain", from_original=True, objective="forget_retain"),
+    "salun": MethodSpec("forget_retain", from_original=True, objective="forget_retain", saliency=True),
+}
+
+
+def denoising_target(scheduler: DDPMScheduler, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+    """What the denoiser should predict for ``x_t = add_noise(x0, noise, t)``: the noise or the velocity.
+
+    Raises:
+        ValueError: a scheduler whose ``prediction_type`` is neither ``epsilon`` nor ``v_prediction``.
+    """
+    kind = check_prediction_type(scheduler)
+    return noise if kind == "epsilon" else scheduler.get_velocity(x0, noise, timesteps)
+
+
+def check_prediction_type(scheduler: DDPMScheduler) -> str:
+    """Return the scheduler's ``prediction_type``; raise ValueError unless it is ``epsilon`` or ``v_prediction``."""
+    kind = scheduler.config.prediction_type
+    if kind not in PREDICTION_TYPES:
+        raise ValueError(
+            f"unknown prediction_type {kind!r} in the scheduler config; set it to one of {', '.join(PREDICTION_TYPES)}."
+        )
+    return kind
+
+
+def load_component(kind: type, name: str, spec: Component, pretrained: Optional[str], fresh: bool = False) -> Any:
+    """Build a diffusers or transformers model from a config dict, or load it from a diffusers-format directory.
+
+    Args:
+        kind: the model class (``UNet2DModel``, ``AutoencoderKL``, ``CLIPTextModel``, ...).
+        name: the part's name, also its subfolder in ``pretrained`` (``unet``, ``vae``, ``text_encoder``).
+        spec: a config dict (fresh weights), a directory holding the part (``config.json`` and weights), or ``None``
+            for ``<pretrained>/<name>``.
+        pretrained: a diffusers-format pipeline directory.
+        fresh: take only the directory's config, with freshly initialised weights.
+
+    Raises:
+        ValueError: neither ``spec`` nor ``pretrained`` given.
+        FileNotFoundError: the directory lacks the part (the message names it).
+        ValueError: the directory's weights miss tensors of its config or have the wrong shapes.
+    """
+    if isinstance(spec, dict):
+        return kind(kind.config_class(**spec)) if hasattr(kind, "config_class") else kind.from_config(spec)
+    if spec is None and pretrained is None:
+        raise ValueError(f"no {name}: give {name} (a config dict or a directory) or pretrained (diffusers directory).")
+    path = Path(spec or Path(pretrained, name)).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the {name} is missing: {path} holds no config.json. Point {'pretrained' if spec is None else name} at "
+            f"a diffusers-format directory (a Stable Diffusion checkout has {name}/ beside unet/, vae/, text_encoder/, "
+            "tokenizer/ and scheduler/), or give a config dict."
+        )
+    if fresh:
+        return kind.from_config(kind.load_config(path))
+    model, info = kind.from_pretrained(path, output_loading_info=True)
+    missing, mismatched = sorted(info["missing_keys"]), list(info["mismatched_keys"])
+    if missing or mismatched:  # from_pretrained would initialise these at random and only warn
+        raise ValueError(
+            f"the {name} weights in {path} do not fit its config: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(mismatched)} of the wrong shape (e.g. {mismatched[:3]}); save the {name} again."
+        )
+    return model
+
+
+def _side(sample_size: Union[int, tuple[int, int], list[int]]) -> int:
+    if isinstance(sample_size, int):
+        return sample_size
+    if sample_size[0] != sample_size[1]:
+        raise ValueError(f"the denoiser's sample_size {tuple(sample_size)} is not square; only square images are made.")
+    return int(sample_size[0])
+
+
+class DiffusionUnlearningModule(LightningModule):
+    """Train a conditional diffusion model, or make it forget a class (SPEC section 5); abstract.
+
+    Methods: ``train`` (denoising on every image: the original model), ``retrain`` (from fresh weights on the
+    retained classes only), ``ga`` (gradient ascent on the denoising loss of the forgotten class), ``rl`` (``L_f +
+    alpha * L_r``: the forgotten condition's prediction pulled towards a pseudo condition's, which carries no
+    gradient, plus the denoising loss on retained images) and ``salun`` (``rl`` under the
+    :class:`~salun_lightning.callbacks.WeightSaliencyCallback` over the denoiser, added by
+    :meth:`configure_callbacks`). Batches are :class:`~salun_lightning.diffusion.DiffusionDataModule` dicts; ``rl``
+    and ``salun`` get ``{"forget": batch, "retain": batch}`` every step.
+
+    Only the denoiser (``unet``) trains. The noise schedule and prediction type (``epsilon`` or ``v_prediction``)
+    come from a diffusers ``DDPMScheduler``. At the end of fit, rank zero saves the denoiser and the scheduler in
+    diffusers format to ``<default_root_dir>/unet`` and ``/scheduler`` (see :meth:`save_components`: the directory can
+    be the next run's ``pretrained``), and ``run.json`` (method, forgotten class, minutes of the fit).
+
+    Args:
+        method: the training or unlearning method.
+        unet: the denoiser: a config dict (fresh weights), a diffusers directory (a ``train`` run's
+            ``<default_root_dir>/unet``), or ``None`` for ``<pretrained>/unet``. ``train`` and ``retrain`` always start
+            from fresh weights (a directory gives only its config); the unlearning methods need trained weights.
+        pretrained: a diffusers-format pipeline directory supplying every part not given otherwise.
+        scheduler: a ``DDPMScheduler`` config dict; default ``<pretrained>/scheduler``, else diffusers' defaults
+            (1,000 linear steps, ``epsilon``).
+        alpha: weight of the retain loss in ``L_f + alpha * L_r`` (paper: 1e-3 DDPM, 0.5 Stable Diffusion).
+        pseudo: the pseudo condition ``c_p`` of ``L_f``: ``next`` class ``(c_f + 1) mod C`` (upstream; with one
+            forgotten class it never equals it, and the null class is never used), a uniformly ``random`` other class,
+            a fixed ``class`` (``pseudo_class``), or for text models the fixed ``anchor_prompt`` (``prompt``).
+        pseudo_class: the class name or index of ``pseudo="class"``.
+        condition_dropout: probability of replacing a condition by the null condition in the minimised denoising
+            losses (``train``, ``retrain`` and ``L_r``; not in ``ga``'s ascent): classifier-free guidance training,
+            paper DDPM 0.1.
+        denoising_reduction: how the denoising losses (``train``, ``retrain``, ``ga``, ``L_r``, saliency) reduce the
+            squared error over a sample's elements: ``mean``, or ``sum`` as the upstream DDPM code does, where the
+            paper's ``alpha = 1e-3`` was tuned (``L_f`` is a mean in both). The mean suits Stable Diffusion's
+            ``alpha = 0.5``.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        saliency_ratio: ``salun``: fraction of the denoiser's weights to train.
+        mask_path: ``salun``: load the mask from this file instead of computing it.
+        save_mask_path: ``salun``: write the computed mask here.
+        gradient_checkpointing: recompute the denoiser's activations in the backward pass (less memory).
+
+    Raises:
+        ValueError: in ``__init__`` for bad arguments or components; in ``setup`` when the data do not fit the model.
+        FileNotFoundError: a component directory lacks a part.
+    """
+
+    unet_class: type = UNet2DModel
+    condition_key: str = "class"  # the batch entry holding each image's own condition
+    default_guidance: float = 2.0  # sampling guidance w in (1 + w) * eps(c) - w * eps(null)
+    saliency_guidance: float = 0.0  # w of the saliency loss's prediction (SPEC 1, item 5)
+
+    def __init__(
+        self,
+        method: Method = "salun",
+        unet: Component = None,
+        pretrained: Optional[str] = None,
+        scheduler: Optional[dict[str, Any]] = None,
+        alpha: float = 1e-3,
+        pseudo: Pseudo = "next",
+        pseudo_class: Optional[Union[int, str]] = None,
+        condition_dropout: float = 0.1,
+        denoising_reduction: Literal["mean", "sum"] = "mean",
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        saliency_ratio: float = 0.5,
+        mask_path: Optional[str] = None,
+        save_mask_path: Optional[str] = None,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+        self.spec = METHODS[method]
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0 (the weight of L_r in L_f + alpha * L_r), got {alpha}; the paper "
+                             "uses 1e-3 for DDPM and 0.5 for Stable Diffusion.")
+        if pseudo not in Pseudo.__args__:
+            raise ValueError(f"unknown pseudo {pseudo!r}; choose one of {', '.join(Pseudo.__args__)}.")
+        if (pseudo == "class") != (pseudo_class is not None):
+            raise ValueError("pseudo_class goes with pseudo='class' (a fixed pseudo class), and only with it.")
+        if denoising_reduction not in ("mean", "sum"):
+            raise ValueError(f"denoising_reduction must be 'mean' or 'sum', got {denoising_reduction!r}.")
+        if not 0 <= condition_dropout < 1 or lr <= 0 or weight_decay < 0:
+            raise ValueError("condition_dropout must be in [0, 1), lr positive and weight_decay non-negative.")
+        if not 0 < saliency_ratio <= 1:
+            raise ValueError(f"saliency_ratio must be in (0, 1], got {saliency_ratio}; the paper uses 0.5.")
+        if (mask_path or save_mask_path) and not self.spec.saliency:
+            raise ValueError(f"mask_path and save_mask_path belong to method 'salun', not {method!r}.")
+        if self.spec.from_original and isinstance(unet, dict):
+            raise ValueError(
+                f"method {method!r} unlearns a trained denoiser but unet is a config dict (fresh weights): set unet to "
+                "the directory a 'train' run wrote (<default_root_dir>/unet) or use pretrained."
+            )
+        self.save_hyperparameters()
+        if scheduler is None and pretrained is not None:
+            if not (Path(pretrained, "scheduler", "scheduler_config.json")).is_file():
+                raise FileNotFoundError(
+                    f"the scheduler is missing: {pretrained}/scheduler holds no scheduler_config.json; add it or "
+                    "give a scheduler config dict."
+                )
+            self.noise_scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler")
+        else:
+            self.noise_scheduler = DDPMScheduler.from_config(scheduler or {})
+        check_prediction_type(self.noise_scheduler)
+        self.unet = load_component(self.unet_class, "unet", unet, pretrained, fresh=not self.spec.from_original)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.num_classes: Optional[int] = None
+        self.class_names: Optional[list[str]] = None
+        self.forget_class_index: Optional[int] = None
+        self.pseudo_class_index: Optional[int] = None
+        self.fit_minutes: Optional[float] = None
+        self._fit_started: Optional[float] = None
+
+    # ------------------------------------------------------------------------------------------------ conditioning
+    def to_model_space(self, images: Tensor) -> Tensor:
+        """Map images in ``[-1, 1]`` to the denoiser's space (``x_0``)."""
+        raise NotImplementedError
+
+    def to_image_space(self, x0: Tensor) -> Tensor:
+        """Map the denoiser's space back to images in (about) ``[-1, 1]``."""
+        raise NotImplementedError
+
+    def encode_condition(self, conditions: Conditions) -> Tensor:
+        """The denoiser's conditioning tensor for a batch of raw conditions (labels or prompts)."""
+        raise NotImplementedError
+
+    def class_condition(self, classes: Tensor) -> Conditions:
+        """The raw conditions naming ``classes``."""
+        raise NotImplementedError
+
+    def null_condition(self, count: int) -> Conditions:
+        """``count`` unconditional (null) raw conditions."""
+        raise NotImplementedError
+
+    def denoise(self, x_t: Tensor, timesteps: Tensor, condition: Tensor) -> Tensor:
+        """The denoiser's prediction (noise or velocity) for encoded conditions."""
+        raise NotImplementedError
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images the model makes and trains on."""
+        raise NotImplementedError
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of ``x_0`` in the denoiser's space."""
+        side = _side(self.unet.config.sample_size)
+        return (self.unet.config.in_channels, side, side)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The parts that never train (kept in eval mode)."""
+        return []
+
+    # ------------------------------------------------------------------------------------------------ data
+    @property
+    def train_stream(self) -> str:
+        """The training stream the datamodule should serve for this method."""
+        return self.spec.stream
+
+    def bind_data(self, data: Any) -> None:
+        """Take the class names and the forgotten class from a ``DiffusionDataModule`` and check they fit.
+
+        Raises:
+            ValueError: images of the wrong shape, no forgotten class for an unlearning method, a pseudo class equal
+                to the forgotten one, or fewer than two classes.
+        """
+        self.class_names = list(data.class_names)
+        self.num_classes = len(self.class_names)
+        self.forget_class_index = data.forget_class_index
+        method = self.hparams.method
+        if self.spec.stream != "full" and self.forget_class_index is None:
+            raise ValueError(f"method {method!r} needs a forgotten class: set the data's forget_class.")
+        if self.hparams.pseudo in ("next", "random") and self.num_classes < 2:
+            raise ValueError("a pseudo class needs at least two classes; use another dataset or pseudo='prompt'.")
+        if self.hparams.pseudo == "class":
+            self.pseudo_class_index = resolve_class(self.hparams.pseudo_class, self.class_names)
+            if self.pseudo_class_index == self.forget_class_index:
+                raise ValueError(
+                    f"pseudo_class {self.hparams.pseudo_class!r} is the forgotten class itself; pick another class "
+                    "(or pseudo='next')."
+                )
+        shape = tuple(data.image_shape)
+        if shape != self.image_shape:
+            channels, height, _ = self.image_shape
+            raise ValueError(
+                f"the data's images are {shape[0]}x{shape[1]}x{shape[2]} (CxHxW) but the model makes "
+                f"{channels}x{height}x{height} images: set the data's image_size: {height} and channels: {channels} "
+                "(or use a model built for these images)."
+            )
+
+    def setup(self, stage: str) -> None:
+        data = self.trainer.datamodule
+        if data is None or not hasattr(data, "class_names"):
+            raise ValueError(f"{type(self).__name__} needs a DiffusionDataModule (class names, forgotten class).")
+        self.bind_data(data)
+        if stage == "fit":  # before the callbacks' on_fit_start, so that the minutes include the saliency mask
+            self._fit_started = time.perf_counter()
+
+    # ------------------------------------------------------------------------------------------------ losses
+    def _noised(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x_t, t, target)`` for images: noise and timesteps drawn in that order from the global generator."""
+        x0 = self.to_model_space(images)
+        noise = torch.randn_like(x0)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
+        x_t = self.noise_scheduler.add_noise(x0, noise, timesteps)
+        return x_t, timesteps, denoising_target(self.noise_scheduler, x0, noise, timesteps)
+
+    def denoising_loss(self, batch: dict[str, Any], condition_dropout: float = 0.0) -> Tensor:
+        """The standard loss ``||prediction(x_t, c) - target||^2`` with each image's own condition ``c``."""
+        x_t, timesteps, target = self._noised(batch["image"])
+        condition = self.encode_condition(batch[self.condition_key])
+        if condition_dropout > 0:
+            drop = torch.rand(len(condition), device=condition.device) < condition_dropout
+            null = self.encode_condition(self.null_condition(1))
+            condition = torch.where(drop.view(-1, *[1] * (condition.dim() - 1)), null, condition)
+        return self._denoising_error(self.denoise(x_t, timesteps, condition), target)
+
+    def _denoising_error(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Squared error, mean over the batch; over a sample's elements per ``denoising_reduction``."""
+        error = (prediction.float() - target.float()).square()
+        return error.mean() if self.hparams.denoising_reduction == "mean" else error.flatten(1).sum(1).mean()
+
+    def pseudo_condition(self, batch: dict[str, Any]) -> Conditions:
+        """The raw pseudo conditions ``c_p`` of a forget batch (see ``pseudo``)."""
+        classes, pseudo = batch["class"], self.hparams.pseudo
+        if pseudo == "next":
+            pseudo_classes = (classes + 1) % self.num_classes
+        elif pseudo == "random":
+            pseudo_classes = random_other_labels(classes, self.num_classes)
+        else:
+            pseudo_classes = torch.full_like(classes, self.pseudo_class_index)
+        return self.class_condition(pseudo_classes)
+
+    def forget_loss(self, batch: dict[str, Any]) -> Tensor:
+        """``L_f = ||eps(x_t, c_f) - stopgrad(eps(x_t, c_p))||^2`` on a forget batch."""
+        x_t, timesteps, _ = self._noised(batch["image"])
+        with torch.no_grad():
+            target = self.denoise(x_t, timesteps, self.encode_condition(self.pseudo_condition(batch)))
+        prediction = self.denoise(x_t, timesteps, self.encode_condition(batch[self.condition_key]))
+        return F.mse_loss(prediction.float(), target.float())
+
+    def guided_prediction(self, x_t: Tensor, timesteps: Tensor, condition: Tensor, guidance: float) -> Tensor:
+        """Classifier-free guidance ``(1 + w) * eps(x_t, c) - w * eps(x_t, null)`` (``w = 0``: one plain pass)."""
+        if guidance == 0:
+            return self.denoise(x_t, timesteps, condition)
+        null = self.encode_condition(self.null_condition(1)).expand_as(condition)
+        both = self.denoise(torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]), torch.cat([condition, null]))
+        conditional, unconditional = both.chunk(2)
+        return (1 + guidance) * conditional - guidance * unconditional
+
+    def saliency_loss(self, batch: dict[str, Any]) -> Tensor:
+        """The loss the saliency mask ranks weights by (SPEC 1, item 5): the (guided) denoising loss on forget images
+        with their forget condition, ``saliency_guidance`` being ``w``."""
+        x_t, timesteps, target = self._noised(batch["image"])
+        condition = self.encode_condition(batch[self.condition_key])
+        prediction = self.guided_prediction(x_t, timesteps, condition, self.saliency_guidance)
+        return self._denoising_error(prediction, target)
+
+    # ------------------------------------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        objective, dropout = self.spec.objective, self.hparams.condition_dropout
+        if objective == "forget_retain":
+            size = len(batch["forget"]["image"])
+            forget, retain = self.forget_loss(batch["forget"]), self.denoising_loss(batch["retain"], dropout)
+            loss = forget + self.hparams.alpha * retain
+            self.log_dict({"train/forget_loss": forget, "train/retain_loss": retain}, batch_size=size)
+        elif objective == "ascent":
+            size = len(batch["image"])
+            loss = -self.denoising_loss(batch)
+        else:
+            size = len(batch["image"])
+            loss = self.denoising_loss(batch, dropout)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    def configure_callbacks(self) -> list[Callback]:
+        if not self.spec.saliency:
+            return []
+        hp = self.hparams
+        return [
+            WeightSaliencyCallback(
+                ratio=hp.saliency_ratio,
+                mask_path=hp.mask_path,
+                save_mask_path=hp.save_mask_path,
+                parameters=[r"^unet\."],
+            )
+        ]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        parameters = [p for p in self.unet.parameters() if p.requires_grad]
+        return torch.optim.Adam(parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def train(self, mode: bool = True) -> DiffusionUnlearningModule:
+        """Set train/eval mode; the frozen parts stay in eval mode."""
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    def on_fit_end(self) -> None:
+        if self._fit_started is not None:
+            self.fit_minutes = (time.perf_counter() - self._fit_started) / 60
+        if self.trainer.is_global_zero and self.trainer.global_step > 0:  # e.g. `salun mask` takes no step
+            root = Path(self.trainer.default_root_dir)
+            self.save_components(root)
+            run = {"method": self.hparams.method, "forget_class": self.forget_class_index}
+            write_json(root / RUN_FILENAME, {**run, "fit_minutes": self.fit_minutes})
+
+    def save_components(self, directory: Path) -> None:
+        """Save the denoiser and the scheduler (and parts that exist nowhere else) as diffusers subfolders, so that
+        ``directory`` can serve as ``pretrained`` of the next run."""
+        self.unet.save_pretrained(directory / "unet")
+        self.noise_scheduler.save_pretrained(directory / "scheduler")
+
+    def load_unet(self, path: str) -> None:
+        """Load the denoiser's weights (strictly) from a diffusers directory, e.g. the ``unet/`` a fit wrote."""
+        saved = load_component(self.unet_class, "unet", path, None)
+        self.unet.load_state_dict(saved.state_dict(), strict=True)
+
+
+class ClassConditionalDiffusion(DiffusionUnlearningModule):
+    """Pixel-space class-conditional DDPM (diffusers ``UNet2DModel``) with classifier-free guidance.
+
+    The denoiser has ``num_class_embeds = num_classes + 1`` class embeddings, the last (index ``num_classes``) the
+    null class; training drops conditions to it with probability ``condition_dropout`` (0.1), sampling guides with
+    ``w = 2.0``. Other arguments: :class:`DiffusionUnlearningModule`.
+
+    Args:
+        num_classes: number of classes of the data (without the null class).
+
+    Example::
+
+        >>> unet = {"sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
+        ...         "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
+        ...         "layers_per_block": 1, "norm_num_groups": 4, "add_attention": False}
+        >>> model = ClassConditionalDiffusion(method="train", unet=unet, num_classes=10)
+        >>> model.unet.config.num_class_embeds, model.image_shape
+        (11, (1, 8, 8))
+    """
+
+    def __init__(self, num_classes: int = 10, unet: Component = None, pseudo: Pseudo = "next", **kwargs: Any) -> None:
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+        if pseudo == "prompt":
+            raise ValueError("a class-conditional model has no prompts: use pseudo 'next', 'random' or 'class'.")
+        if isinstance(unet, dict):
+            given = unet.get("num_class_embeds")
+            if given not in (None, num_classes + 1):
+                raise ValueError(
+                    f"unet num_class_embeds is {given} but num_classes={num_classes} needs {num_classes + 1} (the last "
+                    "one the null class); remove num_class_embeds from the unet config."
+                )
+            unet = {**unet, "num_class_embeds": num_classes + 1}
+        super().__init__(unet=unet, pseudo=pseudo, **kwargs)
+        if self.unet.config.num_class_embeds != num_classes + 1:
+            raise ValueError(
+                f"the unet has num_class_embeds={self.unet.config.num_class_embeds}, but num_classes={num_classes} "
+                f"needs {num_classes + 1} (the classes plus the null class); set num_classes to match the model."
+            )
+        self.num_classes = num_classes
+
+    def bind_data(self, data: Any) -> None:
+        if data.num_classes != self.hparams.num_classes:
+            raise ValueError(f"the data have {data.num_classes} classes but num_classes={self.hparams.num_classes}; "
+                             "set num_classes to the data's.")
+        super().bind_data(data)
+
+    def to_model_space(self, images: Tensor) -> Tensor:
+        return images
+
+    def to_image_space(self, x0: Tensor) -> Tensor:
+        return x0
+
+    def encode_condition(self, conditions: Tensor) -> Tensor:
+        return conditions.to(self.device)
+
+    def class_condition(self, classes: Tensor) -> Tensor:
+        return classes
+
+    def null_condition(self, count: int) -> Tensor:
+        return torch.full((count,), self.hparams.num_classes, dtype=torch.long, device=self.device)
+
+    def denoise(self, x_t: Tensor, timesteps: Tensor, condition: Tensor) -> Tensor:
+        return self.unet(x_t, timesteps, class_labels=condition).sample
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.latent_shape
+
+
+class TextToImageDiffusion(DiffusionUnlearningModule):
+    """Latent text-to-image diffusion (Stable Diffusion 1.x layout): VAE, CLIP text encoder, ``UNet2DConditionModel``.
+
+    The VAE and the text encoder are frozen (no gradients, eval mode); only the denoiser trains. The empty prompt is
+    the unconditional one. The saliency loss uses the guided prediction with ``saliency_guidance`` (SPEC: 7.5);
+    sampling guides with ``w = 6.5`` (diffusers' ``guidance_scale`` 7.5).
+    Other arguments: :class:`DiffusionUnlearningModule` (``pretrained`` a Stable Diffusion checkout).
+
+    Args:
+        vae: ``AutoencoderKL``: a config dict, a directory, or ``None`` for ``<pretrained>/vae``.
+        text_encoder: ``CLIPTextModel``: a config dict, a directory, or ``None`` for ``<pretrained>/text_encoder``.
+        tokenizer: a ``CLIPTokenizer`` directory (``vocab.json`` and ``merges.txt``, or ``tokenizer.json``), or
+            ``None`` for ``<pretrained>/tokenizer``.
+        anchor_prompt: the pseudo condition of ``pseudo="prompt"`` (e.g. "a photo of a person wearing clothes").
+        saliency_guidance: ``w`` of the saliency loss's guided prediction.
+
+    Example::
+
+        model = TextToImageDiffusion(method="salun", pretrained="/models/stable-diffusion-v1-4", alpha=0.5, lr=1e-5)
+    """
+
+    unet_class = UNet2DConditionModel
+    condition_key = "prompt"
+    default_guidance = 6.5  # diffusers' guidance_scale 7.5
+
+    def __init__(
+        self,
+        vae: Component = None,
+        text_encoder: Component = None,
+        tokenizer: Optional[str] = None,
+        anchor_prompt: str = "",
+        saliency_guidance: float = 7.5,
+        **kwargs: Any,
+    ) -> None:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        super().__init__(**kwargs)
+        pretrained = self.hparams.pretrained
+        self.saliency_guidance = saliency_guidance
+        self.vae = load_component(AutoencoderKL, "vae", vae, pretrained)
+        self.text_encoder = load_component(CLIPTextModel, "text_encoder", text_encoder, pretrained)
+        if tokenizer is None and pretrained is None:
+            raise ValueError("no tokenizer: give tokenizer (a CLIPTokenizer directory) or pretrained.")
+        tokenizer_path = Path(tokenizer or Path(pretrained, "tokenizer")).expanduser()
+        if not any((tokenizer_path / name).is_file() for name in ("vocab.json", "tokenizer.json")):
+            raise FileNotFoundError(
+                f"the tokenizer is missing: {tokenizer_path} holds no vocab.json or tokenizer.json; set tokenizer to a "
+                "CLIPTokenizer directory (or pretrained to a Stable Diffusion checkout with tokenizer/)."
+            )
+        self.tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path)
+        self.class_prompts: list[str] = []  # from the data (bind_data): the prompts of the pseudo classes
+        for part in self.frozen_modules():
+            part.requires_grad_(False).eval()
+        self._check_parts()
+
+    def _check_parts(self) -> None:
+        unet, vae, text = self.unet.config, self.vae.config, self.text_encoder.config
+        problems = []
+        if unet.in_channels != vae.latent_channels:
+            problems.append(f"unet in_channels {unet.in_channels} != vae latent_channels {vae.latent_channels}")
+        if isinstance(unet.cross_attention_dim, int) and unet.cross_attention_dim != text.hidden_size:
+            problems.append(f"unet cross_attention_dim {unet.cross_attention_dim} != text encoder {text.hidden_size}")
+        if text.vocab_size < len(self.tokenizer):
+            problems.append(f"text encoder vocab_size {text.vocab_size} < tokenizer's {len(self.tokenizer)} tokens")
+        if problems:
+            raise ValueError("the components do not fit together: " + "; ".join(problems) + ". Use matching parts.")
+
+    def bind_data(self, data: Any) -> None:
+        super().bind_data(data)
+        self.class_prompts = list(data.class_prompts)
+        if self.hparams.pseudo == "prompt" and self.forget_class_index is not None:
+            if self.hparams.anchor_prompt.strip() == self.class_prompts[self.forget_class_index].strip():
+                raise ValueError(
+                    f"anchor_prompt {self.hparams.anchor_prompt!r} is the forgotten class's own prompt; choose an "
+                    "anchor that does not show the class."
+                )
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.vae, self.text_encoder]
+
+    def save_components(self, directory: Path) -> None:
+        """Also save the tokenizer, and the VAE and text encoder when built from config dicts (random weights)."""
+        super().save_components(directory)
+        self.tokenizer.save_pretrained(directory / "tokenizer")
+        for name in ("vae", "text_encoder"):
+            if isinstance(self.hparams[name], dict):
+                getattr(self, name).save_pretrained(directory / name)
+
+    @property
+    def _vae_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def to_model_space(self, images: Tensor) -> Tensor:
+        config = self.vae.config
+        with torch.no_grad():
+            latents = self.vae.encode(images).latent_dist.sample()
+        return (latents - (config.shift_factor or 0.0)) * config.scaling_factor
+
+    def to_image_space(self, x0: Tensor) -> Tensor:
+        config = self.vae.config
+        return self.vae.decode(x0 / config.scaling_factor + (config.shift_factor or 0.0)).sample
+
+    def encode_condition(self, conditions: list[str]) -> Tensor:
+        length = min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
+        ids = self.tokenizer(
+            list(conditions), padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+        ).input_ids
+        with torch.no_grad():
+            return self.text_encoder(ids.to(self.device))[0]
+
+    def class_condition(self, classes: Tensor) -> list[str]:
+        return [self.class_prompts[c] for c in classes.tolist()]
+
+    def null_condition(self, count: int) -> list[str]:
+        return [""] * count
+
+    def pseudo_condition(self, batch: dict[str, Any]) -> list[str]:
+        if self.hparams.pseudo == "prompt":
+            return [self.hparams.anchor_prompt] * len(batch["image"])
+        return super().pseudo_condition(batch)
+
+    def denoise(self, x_t: Tensor, timesteps: Tensor, condition: Tensor) -> Tensor:
+        return self.unet(x_t, timesteps, encoder_hidden_states=condition).sample
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        _, side, _ = self.latent_shape
+        return (self.vae.config.in_channels, side * self._vae_factor, side * self._vae_factor)

@@ -1,0 +1,439 @@
+"""Diffusion unlearning: both conditionings, every method, the saliency mask, sampling, diffusers files, bad input."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Trainer
+from PIL import Image
+from torch.nn import functional as F
+
+from salun_lightning.callbacks import WeightSaliencyCallback
+from salun_lightning.cli import main
+from salun_lightning.diffusion import (
+    ClassConditionalDiffusion,
+    DiffusionDataModule,
+    TextToImageDiffusion,
+    denoising_target,
+    sample_images,
+    to_diffusion_range,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "diffusion"
+SCHEDULER = {"num_train_timesteps": 100}
+PIXEL_UNET = {
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": [8, 16],
+    "down_block_types": ["DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "attention_head_dim": 4,
+}
+LATENT_UNET = {
+    "sample_size": 4,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": [8, 16],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "cross_attention_dim": 16,
+    "attention_head_dim": 4,
+    "norm_num_groups": 4,
+}
+VAE = {
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": [8, 16],
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "latent_channels": 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+}
+TEXT_ENCODER = {
+    "vocab_size": 514,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 24,
+    "bos_token_id": 512,
+    "eos_token_id": 513,
+    "pad_token_id": 513,
+}
+UNLEARNING = ("ga", "rl", "salun")
+
+
+def write_tokenizer(directory: Path) -> Path:
+    """A byte-level CLIP BPE vocabulary (every byte alone and word-final, no merges), saved as a tokenizer folder."""
+    from transformers import CLIPTokenizer
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
+    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=24)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def data(**kwargs) -> DiffusionDataModule:
+    module = DiffusionDataModule(**{"dataset": "digits", "forget_class": 0, "image_size": 8, "batch_size": 8,
+                                    "eval_batch_size": 72, **kwargs})
+    module.setup("fit")
+    return module
+
+
+def pixel_model(method: str = "train", **kwargs) -> ClassConditionalDiffusion:
+    parts = {"unet": PIXEL_UNET, "scheduler": SCHEDULER} if method in ("train", "retrain") else {}
+    return ClassConditionalDiffusion(method=method, num_classes=10, **{**parts, **kwargs})
+
+
+def text_model(tokenizer: Path, method: str = "train", **kwargs) -> TextToImageDiffusion:
+    if method in ("train", "retrain"):
+        parts = {"unet": LATENT_UNET, "vae": VAE, "text_encoder": TEXT_ENCODER, "tokenizer": str(tokenizer),
+                 "scheduler": SCHEDULER}
+    else:
+        parts = {}
+    return TextToImageDiffusion(method=method, **{**parts, **kwargs})
+
+
+def fit(model, datamodule, root: Path, steps: int = 1) -> Trainer:
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=steps, default_root_dir=root, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule)
+    return trainer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and many times slower with several threads on busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> Path:
+    return write_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def originals(tmp_path_factory, tokenizer) -> dict[str, Path]:
+    """Diffusers directories of an untrained 'original' model of each kind (every part, like a train run writes)."""
+    torch.manual_seed(0)
+    roots = {"pixel": tmp_path_factory.mktemp("pixel"), "text": tmp_path_factory.mktemp("text")}
+    pixel_model().save_components(roots["pixel"])
+    text_model(tokenizer).save_components(roots["text"])
+    return roots
+
+
+def build(kind: str, method: str, originals, tokenizer, **kwargs):
+    if method not in ("train", "retrain"):
+        kwargs["pretrained"] = str(originals[kind])
+    return pixel_model(method, **kwargs) if kind == "pixel" else text_model(tokenizer, method, **kwargs)
+
+
+def bits(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().view(torch.int32)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def test_images_are_scaled_resized_and_labelled():
+    images = to_diffusion_range(torch.tensor([[[[0, 255], [255, 0]]]], dtype=torch.uint8), size=4, channels=3)
+    assert images.shape == (1, 3, 4, 4) and images.min() >= -1 and images.max() <= 1
+    datamodule = data(image_size=16, prompt_template="a {class}")
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.forget_dataloader())), 0)
+    assert batch["image"].shape == (72, 1, 16, 16) and batch["image"].dtype == torch.float32
+    assert batch["class"].dtype == torch.int64 and set(batch["class"].tolist()) == {0}
+    assert batch["prompt"][0] == "a 0" and datamodule.image_shape == (1, 16, 16)
+    retain = next(iter(datamodule.retain_dataloader()))
+    assert 0 not in retain["class"].tolist()
+
+
+def test_salun_and_rl_get_a_forget_and_a_retain_batch_every_step():
+    datamodule = data(stream="forget_retain")
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader()))[0], 0)
+    assert set(batch) == {"forget", "retain"}
+    assert set(batch["forget"]["class"].tolist()) == {0} and 0 not in batch["retain"]["class"].tolist()
+    assert batch["retain"]["image"].dtype == torch.float32
+
+
+def test_prompts_come_from_a_csv_for_an_image_folder(tmp_path):
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (tmp_path / "images" / split / name).mkdir(parents=True)
+            Image.new("L", (8, 8), 100).save(tmp_path / "images" / split / name / "a.png")
+    with open(tmp_path / "prompts.csv", "w", newline="") as stream:
+        csv.writer(stream).writerows([["file", "caption"], ["cat/a.png", "a cat on a mat"], ["dog/a.png", "a dog"]])
+    arguments = {"dataset": "image_folder", "data_path": str(tmp_path / "images"), "cache_dir": str(tmp_path / "cache"),
+                 "prompts_csv": str(tmp_path / "prompts.csv"), "forget_class": "dog", "batch_size": 2}
+    datamodule = DiffusionDataModule(**arguments, prompt_column="caption")
+    datamodule.setup("fit")
+    assert next(iter(datamodule.forget_dataloader()))["prompt"] == ["a dog"]
+    assert datamodule.class_prompts == ["an image of cat", "an image of dog"]
+    with pytest.raises(ValueError, match="no column 'prompt'.*set prompt_column"):
+        DiffusionDataModule(**arguments).setup("fit")
+
+
+# ---------------------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize("kind", ["pixel", "text"])
+@pytest.mark.parametrize("method", ["train", "retrain", "ga", "rl", "salun"])
+def test_one_step_of_every_method(kind, method, originals, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = build(kind, method, originals, tokenizer)
+    before = copy.deepcopy(model.unet.state_dict())
+    trainer = fit(model, data(), tmp_path)
+    assert math.isfinite(trainer.callback_metrics["train/loss"])
+    assert any(not torch.equal(before[name], value) for name, value in model.unet.state_dict().items())
+    assert (tmp_path / "unet" / "config.json").is_file()
+    assert json.loads((tmp_path / "run.json").read_text())["method"] == method
+    if method in ("rl", "salun"):
+        assert {"train/forget_loss", "train/retain_loss"} <= set(trainer.callback_metrics)
+
+
+@pytest.mark.parametrize("kind", ["pixel", "text"])
+def test_salun_moves_only_salient_denoiser_weights_and_never_the_frozen_parts(kind, originals, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = build(kind, "salun", originals, tokenizer, lr=1e-2, weight_decay=1e-2)
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = fit(model, data(), tmp_path, steps=3)
+    (callback,) = [c for c in trainer.callbacks if isinstance(c, WeightSaliencyCallback)]
+    assert set(callback.mask) == {name for name in start if name.startswith("unet.")}
+    moved = 0
+    for name, param in model.named_parameters():
+        if name in callback.mask:
+            mask = callback.mask[name]
+            assert torch.equal(bits(param)[~mask], bits(start[name])[~mask]), name
+            moved += int((bits(param)[mask] != bits(start[name])[mask]).sum())
+        else:
+            assert not param.requires_grad and torch.equal(bits(param), bits(start[name])), name
+    assert moved > 0
+    assert all(not part.training for part in model.frozen_modules())
+
+
+@pytest.mark.parametrize("kind", ["pixel", "text"])
+def test_the_forget_loss_target_carries_no_gradient(kind, originals, tokenizer):
+    model = build(kind, "rl", originals, tokenizer)
+    datamodule = data()
+    model.bind_data(datamodule)
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.forget_dataloader())), 0)
+    params = [p for p in model.unet.parameters()]
+
+    def manual(detach: bool) -> torch.Tensor:
+        torch.manual_seed(1)  # the draws of forget_loss, in its order: image encoding, noise, timesteps
+        x0 = model.to_model_space(batch["image"])
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, model.noise_scheduler.config.num_train_timesteps, (len(x0),))
+        x_t = model.noise_scheduler.add_noise(x0, noise, t)
+        target = model.denoise(x_t, t, model.encode_condition(model.pseudo_condition(batch)))
+        prediction = model.denoise(x_t, t, model.encode_condition(batch[model.condition_key]))
+        return F.mse_loss(prediction, target.detach() if detach else target)
+
+    torch.manual_seed(1)
+    grads = torch.autograd.grad(model.forget_loss(batch), params)
+    detached = torch.autograd.grad(manual(detach=True), params)
+    through_target = torch.autograd.grad(manual(detach=False), params)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads, detached))
+    assert not all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads, through_target))
+
+
+def test_v_prediction_trains_against_the_velocity(tmp_path):
+    model = pixel_model(scheduler={**SCHEDULER, "prediction_type": "v_prediction"})
+    x0, noise, t = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 50, 99])
+    velocity = model.noise_scheduler.get_velocity(x0, noise, t)
+    assert torch.equal(denoising_target(model.noise_scheduler, x0, noise, t), velocity)
+    assert math.isfinite(fit(model, data(), tmp_path).callback_metrics["train/loss"])
+
+
+def test_the_sum_reduction_sums_the_squared_error_over_each_sample(originals, tokenizer):
+    datamodule = data()
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.retain_dataloader())), 0)
+    losses = []
+    for reduction in ("mean", "sum"):
+        torch.manual_seed(0)
+        losses.append(build("pixel", "rl", originals, tokenizer, denoising_reduction=reduction).denoising_loss(batch))
+    assert torch.allclose(losses[1], losses[0] * 64)  # 1x8x8 elements per sample
+
+
+def test_pseudo_classes_differ_from_the_forgotten_class(originals, tokenizer):
+    model = build("pixel", "rl", originals, tokenizer, pseudo="random")
+    model.bind_data(data())
+    classes = torch.zeros(500, dtype=torch.long)
+    pseudo = model.pseudo_condition({"class": classes})
+    assert (pseudo != 0).all() and set(pseudo.tolist()) == set(range(1, 10))
+    text = build("text", "rl", originals, tokenizer)
+    text.bind_data(data())
+    assert text.pseudo_condition({"class": classes[:2]}) == ["an image of 1"] * 2
+
+
+# ---------------------------------------------------------------------------------------------------- sampling
+@pytest.mark.parametrize("kind", ["pixel", "text"])
+def test_sampling_is_deterministic_under_a_seed(kind, originals, tokenizer):
+    model = build(kind, "salun", originals, tokenizer)
+    model.bind_data(data())
+    conditions = model.class_condition(torch.tensor([0, 3, 3, 7]))
+    first = sample_images(model, conditions, seed=5, steps=2, batch_size=4)
+    assert first.shape == (4, *model.image_shape) and 0 <= first.min() and first.max() <= 1
+    assert torch.allclose(first, sample_images(model, conditions, seed=5, steps=2, batch_size=3), atol=1e-5)
+    assert not torch.allclose(first, sample_images(model, conditions, seed=6, steps=2, batch_size=4))
+    assert model.training  # the mode is restored
+
+
+# ---------------------------------------------------------------------------------------------------- files
+def test_a_saved_denoiser_loads_back_strictly(originals, tmp_path):
+    from diffusers import UNet2DModel
+
+    model = pixel_model()
+    model.save_components(tmp_path)
+    reloaded = UNet2DModel.from_pretrained(tmp_path / "unet")
+    assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in model.unet.state_dict().items())
+    other = build("pixel", "salun", originals, None)
+    other.load_unet(str(tmp_path / "unet"))
+    assert all(torch.equal(v, other.unet.state_dict()[k]) for k, v in model.unet.state_dict().items())
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    del state["conv_out.weight"]
+    save_file(state, weights)
+    with pytest.raises(ValueError, match="missing.*conv_out.weight"):
+        other.load_unet(str(tmp_path / "unet"))
+
+
+def test_the_unlearned_latent_model_runs_in_a_stable_diffusion_pipeline(originals, tokenizer, tmp_path):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    model = build("text", "salun", originals, tokenizer)
+    fit(model, data(), tmp_path)
+    pipeline = StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=UNet2DConditionModel.from_pretrained(tmp_path / "unet"),
+        scheduler=DDIMScheduler.from_config(model.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    image = pipeline("an image of 3", num_inference_steps=2, height=8, width=8, output_type="pt",
+                     generator=generator).images
+    assert image.shape == (1, 1, 8, 8) and torch.isfinite(image).all()
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+def test_bad_data_arguments_fail_with_a_fix():
+    with pytest.raises(ValueError, match="unknown forget_class 12"):
+        DiffusionDataModule("digits", forget_class=12)
+    with pytest.raises(ValueError, match="unknown forget_class 'ten'"):
+        DiffusionDataModule("digits", forget_class="ten")
+    with pytest.raises(ValueError, match="prompt_template"):
+        DiffusionDataModule("digits", prompt_template="an image of {label}")
+
+
+def test_bad_model_arguments_fail_before_training(originals, tokenizer):
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        build("pixel", "salun", originals, tokenizer, alpha=-1.0)
+    with pytest.raises(ValueError, match="unknown prediction_type 'sample'"):
+        pixel_model(scheduler={"prediction_type": "sample"})
+    with pytest.raises(ValueError, match="no prompts.*pseudo 'next'"):
+        build("pixel", "rl", originals, tokenizer, pseudo="prompt")
+    with pytest.raises(ValueError, match="unlearns a trained denoiser"):
+        pixel_model("salun", unet=PIXEL_UNET)
+    with pytest.raises(ValueError, match="num_class_embeds is 5"):
+        pixel_model(unet={**PIXEL_UNET, "num_class_embeds": 5})
+    with pytest.raises(ValueError, match="pseudo_class goes with pseudo='class'"):
+        build("pixel", "rl", originals, tokenizer, pseudo_class=3)
+
+
+def test_a_pseudo_class_equal_to_the_forgotten_one_is_refused(originals, tokenizer):
+    for kind in ("pixel", "text"):
+        model = build(kind, "rl", originals, tokenizer, pseudo="class", pseudo_class="0")
+        with pytest.raises(ValueError, match="is the forgotten class itself"):
+            model.bind_data(data())
+    model = build("text", "rl", originals, tokenizer, pseudo="prompt", anchor_prompt="an image of 0")
+    with pytest.raises(ValueError, match="forgotten class's own prompt"):
+        model.bind_data(data())
+
+
+@pytest.mark.parametrize("part", ["vae", "text_encoder", "unet", "scheduler", "tokenizer"])
+def test_a_components_directory_missing_a_part_is_named(part, originals, tmp_path):
+    shutil.copytree(originals["text"], tmp_path / "sd", ignore=shutil.ignore_patterns(part))
+    with pytest.raises(FileNotFoundError, match=f"the {part} is missing"):
+        TextToImageDiffusion(method="salun", pretrained=str(tmp_path / "sd"))
+
+
+@pytest.mark.parametrize("kind", ["pixel", "text"])
+def test_images_of_the_wrong_size_or_channels_are_refused(kind, originals, tokenizer, tmp_path):
+    model = build(kind, "salun", originals, tokenizer)
+    with pytest.raises(ValueError, match="1x16x16 .* set the data's image_size: 8 and channels: 1"):
+        fit(model, data(image_size=16), tmp_path)
+    with pytest.raises(ValueError, match="3x8x8 .* channels: 1"):
+        model.bind_data(data(channels=3))
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+def run(*args: str) -> None:
+    main([*args, "--trainer.enable_progress_bar=false"])
+
+
+def test_ddpm_digits_configs_train_unlearn_and_sample(tmp_path):
+    small = ["--trainer.fast_dev_run=true", "--data.init_args.batch_size=8", "--data.init_args.eval_batch_size=72"]
+    original = tmp_path / "train"
+    run("fit", "--config", str(CONFIGS / "ddpm_digits_train.yaml"), f"--trainer.default_root_dir={original}", *small)
+    for method in ("retrain", "ga", "rl", "salun"):
+        extra = [] if method == "retrain" else [f"--model.init_args.pretrained={original}"]
+        root = tmp_path / method
+        run("fit", "--config", str(CONFIGS / f"ddpm_digits_{method}.yaml"), f"--trainer.default_root_dir={root}",
+            *small, *extra)
+        assert json.loads((root / "run.json").read_text())["method"] == method
+    salun = ["--config", str(CONFIGS / "ddpm_digits_salun.yaml"), f"--trainer.default_root_dir={tmp_path / 'salun'}",
+             f"--model.init_args.pretrained={original}"]
+    unlearned = (tmp_path / "salun" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    main(["mask", *salun, "--ratio", "0.3", "--out", str(tmp_path / "mask.safetensors")])
+    assert (tmp_path / "mask.safetensors").is_file()
+    assert (tmp_path / "salun" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == unlearned  # no step
+    main(["sample", *salun, "--out", str(tmp_path / "samples"), "--num_per_class", "2", "--steps", "2",
+          "--classes", "0", "3"])
+    summary = json.loads((tmp_path / "samples" / "samples.json").read_text())
+    assert summary["class_indices"] == [0, 3] and summary["forget_class"] == 0 and summary["guidance"] == 2.0
+    assert (tmp_path / "samples" / "grid.png").is_file() and (tmp_path / "samples" / summary["files"][1][1]).is_file()
+
+
+def test_text_to_image_configs_and_the_stable_diffusion_config_run(tmp_path):
+    small = ["--trainer.fast_dev_run=true", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=72"]
+    original = tmp_path / "train"
+    run("fit", "--config", str(CONFIGS / "t2i_digits_train.yaml"), f"--trainer.default_root_dir={original}", *small)
+    run("fit", "--config", str(CONFIGS / "t2i_digits_salun.yaml"), f"--trainer.default_root_dir={tmp_path / 'salun'}",
+        f"--model.init_args.pretrained={original}", *small)
+    # The Stable Diffusion config, with the tiny model standing in for the checkout and the digits for Imagenette.
+    digits = ["--data.init_args.dataset=digits", "--data.init_args.data_path=null", "--data.init_args.image_size=16",
+              "--data.init_args.channels=1", "--data.init_args.num_workers=0"]
+    run("fit", "--config", str(CONFIGS / "sd_class_forgetting.yaml"), f"--trainer.default_root_dir={tmp_path / 'sd'}",
+        f"--model.init_args.pretrained={original}", *digits, *small)
+    assert json.loads((tmp_path / "sd" / "run.json").read_text())["method"] == "salun"
+    config = yaml.safe_load((CONFIGS / "sd_class_forgetting.yaml").read_text())
+    model, data_args = config["model"]["init_args"], config["data"]["init_args"]
+    assert (model["alpha"], model["lr"], data_args["batch_size"], config["trainer"]["max_epochs"]) == (0.5, 1e-5, 8, 5)
+    main(["sample", "--config", str(CONFIGS / "t2i_digits_salun.yaml"), f"--model.init_args.pretrained={original}",
+          f"--trainer.default_root_dir={tmp_path / 'salun'}", "--out", str(tmp_path / "samples"),
+          "--num_per_class", "1", "--steps", "2", "--prompts", "an image of the digit 4"])
+    assert json.loads((tmp_path / "samples" / "samples.json").read_text())["names"] == ["an image of the digit 4"]
