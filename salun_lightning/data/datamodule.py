@@ -22,12 +22,9 @@ from salun_lightning.data.sources import (
     DATASETS,
     KNOWN_DATASETS,
     ImageData,
-    check_torchvision_files,
     default_cache_dir,
-    download_torchvision,
-    load_digits_data,
-    load_image_folder_data,
-    load_torchvision_data,
+    load_source,
+    prepare_source,
 )
 from salun_lightning.data.splits import Split, make_split, read_indices_file, resolve_class
 
@@ -279,13 +276,7 @@ class UnlearningDataModule(LightningDataModule):
     @override
     def prepare_data(self) -> None:
         """Download the torchvision set (``download=True``), or check its files; decode and cache an image folder."""
-        name = self.hparams.dataset
-        if name == "image_folder":
-            load_image_folder_data(self.data_path, self.cache_dir)
-        elif name != "digits":
-            if self.hparams.download:
-                download_torchvision(name, self.data_path)
-            check_torchvision_files(name, self.data_path)
+        prepare_source(self.hparams.dataset, self.data_path, self.cache_dir, self.hparams.download)
 
     @override
     def setup(self, stage: str = "fit") -> None:
@@ -395,15 +386,7 @@ class UnlearningDataModule(LightningDataModule):
     # ---------------------------------------------------------------------------------------------- internals
     def _load(self) -> ImageData:
         if self._data is None:
-            name = self.hparams.dataset
-            if name == "digits":
-                data = load_digits_data()
-            elif name == "image_folder":
-                data = load_image_folder_data(self.data_path, self.cache_dir)
-            else:
-                data = load_torchvision_data(name, self.data_path)
-            data.check(name if self.data_path is None else str(self.data_path))
-            self._data = data
+            self._data = load_source(self.hparams.dataset, self.data_path, self.cache_dir)
         return self._data
 
     def _split(self) -> Split:

@@ -186,6 +186,28 @@ def _torchvision_split(name: str, root: Path, split: str, download: bool):
 
 
 # ---------------------------------------------------------------------------------------------------- image folder
+def prepare_source(name: str, data_path: Optional[Path], cache_dir: Path, download: bool) -> None:
+    """Download a torchvision set (``download=True``) or check its files; decode and cache an image folder."""
+    if name == "image_folder":
+        load_image_folder_data(data_path, cache_dir)
+    elif name != "digits":
+        if download:
+            download_torchvision(name, data_path)
+        check_torchvision_files(name, data_path)
+
+
+def load_source(name: str, data_path: Optional[Path], cache_dir: Path) -> ImageData:
+    """Load a data source by name (``digits``, ``image_folder`` or a torchvision set) and check its contents."""
+    if name == "digits":
+        data = load_digits_data()
+    elif name == "image_folder":
+        data = load_image_folder_data(data_path, cache_dir)
+    else:
+        data = load_torchvision_data(name, data_path)
+    data.check(name if data_path is None else str(data_path))
+    return data
+
+
 def is_archive(path: Path) -> bool:
     """Whether ``path`` names a supported archive (by suffix)."""
     return path.name.lower().endswith(ARCHIVE_SUFFIXES)
@@ -195,7 +217,7 @@ def source_fingerprint(path: Path) -> str:
     """The sha256 of an archive, or for a directory a sha256 of its image files' relative paths, sizes, mtimes."""
     digest = hashlib.sha256()
     if path.is_dir():
-        for rel, file in sorted(_directory_images(path)):
+        for rel, file in sorted(directory_images(path)):
             stat = file.stat()
             digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return "dir:" + digest.hexdigest()
@@ -248,10 +270,10 @@ def decode_image_folder(path: Path) -> ImageData:
     """Decode every image of an image folder or archive into uint8 tensors (no caching)."""
     start = time.perf_counter()
     if path.is_dir():
-        entries: dict[str, Union[bytes, Path]] = dict(_directory_images(path))
+        entries: dict[str, Union[bytes, Path]] = dict(directory_images(path))
     else:
         entries = dict(_archive_images(path))
-    root, splits = _find_layout(entries, path)
+    root, splits = find_layout(entries, path)
     class_names = sorted({cls for _, cls in splits["train"]})
     unknown = sorted({cls for _, cls in splits["test"]} - set(class_names))
     if unknown:
@@ -270,17 +292,19 @@ def decode_image_folder(path: Path) -> ImageData:
     return ImageData(*tensors, tuple(class_names))
 
 
-def _is_image(rel: str) -> bool:
+def is_image(rel: str) -> bool:
+    """Whether an archive or folder entry is an image file (by suffix; hidden and macOS metadata files excluded)."""
     name = PurePosixPath(rel).name
     return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".") and "__MACOSX" not in rel
 
 
-def _directory_images(path: Path) -> Iterator[tuple[str, Path]]:
+def directory_images(path: Path) -> Iterator[tuple[str, Path]]:
+    """``(relative POSIX path, file)`` of every image below ``path``."""
     for dirpath, _, filenames in os.walk(path):
         for filename in filenames:
             file = Path(dirpath) / filename
             rel = file.relative_to(path).as_posix()
-            if _is_image(rel):
+            if is_image(rel):
                 yield rel, file
 
 
@@ -288,16 +312,16 @@ def _archive_images(path: Path) -> Iterator[tuple[str, bytes]]:
     if path.name.lower().endswith(".zip"):
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
-                if not info.is_dir() and _is_image(info.filename):
+                if not info.is_dir() and is_image(info.filename):
                     yield info.filename, archive.read(info)
         return
     with tarfile.open(path, "r|*") as archive:  # one sequential pass, members read straight from the stream
         for member in archive:
-            if member.isfile() and _is_image(member.name):
+            if member.isfile() and is_image(member.name):
                 yield member.name, archive.extractfile(member).read()
 
 
-def _find_layout(entries: dict, source: Path) -> tuple[str, dict[str, list[tuple[str, str]]]]:
+def find_layout(entries: dict, source: Path) -> tuple[str, dict[str, list[tuple[str, str]]]]:
     """Find the one folder holding ``train/<class>/<image>`` and ``test/<class>/<image>``."""
     found: dict[str, dict[str, list[tuple[str, str]]]] = defaultdict(lambda: {"train": [], "test": []})
     for rel in entries:

@@ -27,16 +27,13 @@ from salun_lightning.data.datamodule import IndexedImageDataset
 from salun_lightning.data.sources import (
     KNOWN_DATASETS,
     ImageData,
-    _directory_images,
-    _find_layout,
-    _is_image,
+    directory_images,
+    find_layout,
+    is_image,
     check_image_folder_path,
-    check_torchvision_files,
     default_cache_dir,
-    download_torchvision,
-    load_digits_data,
-    load_image_folder_data,
-    load_torchvision_data,
+    load_source,
+    prepare_source,
 )
 from salun_lightning.data.splits import resolve_class
 
@@ -218,13 +215,7 @@ class DiffusionDataModule(LightningDataModule):
     @override
     def prepare_data(self) -> None:
         """Download a torchvision set (``download=True``) or check its files; decode and cache an image folder."""
-        name = self.hparams.dataset
-        if name == "image_folder":
-            load_image_folder_data(self.data_path, self.cache_dir)
-        elif name != "digits":
-            if self.hparams.download:
-                download_torchvision(name, self.data_path)
-            check_torchvision_files(name, self.data_path)
+        prepare_source(self.hparams.dataset, self.data_path, self.cache_dir, self.hparams.download)
 
     @override
     def setup(self, stage: str = "fit") -> None:
@@ -272,15 +263,7 @@ class DiffusionDataModule(LightningDataModule):
     # ---------------------------------------------------------------------------------------------- internals
     def _load(self) -> ImageData:
         if self._data is None:
-            name = self.hparams.dataset
-            if name == "digits":
-                data = load_digits_data()
-            elif name == "image_folder":
-                data = load_image_folder_data(self.data_path, self.cache_dir)
-            else:
-                data = load_torchvision_data(name, self.data_path)
-            data.check(name if self.data_path is None else str(self.data_path))
-            self._data = data
+            self._data = load_source(self.hparams.dataset, self.data_path, self.cache_dir)
         return self._data
 
     def _indices(self, stream: str) -> Tensor:
@@ -338,12 +321,12 @@ def train_image_files(path: Path) -> list[str]:
     """The training images of an image folder or archive as ``<class>/<file>``, in the order of their tensors."""
     check_image_folder_path(path)
     if path.is_dir():
-        names = [rel for rel, _ in _directory_images(path)]
+        names = [rel for rel, _ in directory_images(path)]
     elif path.name.lower().endswith(".zip"):
         with zipfile.ZipFile(path) as archive:
-            names = [info.filename for info in archive.infolist() if not info.is_dir() and _is_image(info.filename)]
+            names = [info.filename for info in archive.infolist() if not info.is_dir() and is_image(info.filename)]
     else:
         with tarfile.open(path, "r|*") as archive:
-            names = [member.name for member in archive if member.isfile() and _is_image(member.name)]
-    _, splits = _find_layout(dict.fromkeys(names), path)
+            names = [member.name for member in archive if member.isfile() and is_image(member.name)]
+    _, splits = find_layout(dict.fromkeys(names), path)
     return ["/".join(Path(rel).parts[-2:]) for rel, _ in sorted(splits["train"])]
