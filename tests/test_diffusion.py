@@ -437,3 +437,23 @@ def test_text_to_image_configs_and_the_stable_diffusion_config_run(tmp_path):
           f"--trainer.default_root_dir={tmp_path / 'salun'}", "--out", str(tmp_path / "samples"),
           "--num_per_class", "1", "--steps", "2", "--prompts", "an image of the digit 4"])
     assert json.loads((tmp_path / "samples" / "samples.json").read_text())["names"] == ["an image of the digit 4"]
+
+
+def test_unlearning_from_saved_components_trains_the_denoiser_in_train_mode(tmp_path):
+    from lightning.pytorch import Callback
+
+    fit(pixel_model(), data(), tmp_path / "train")
+    model = pixel_model("salun", pretrained=str(tmp_path / "train"))
+    assert not model.unet.training  # diffusers' from_pretrained hands back eval mode
+
+    class Modes(Callback):
+        seen: list[bool] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen.append(pl_module.unet.training)
+
+    modes = Modes()
+    trainer = Trainer(accelerator="cpu", max_steps=2, default_root_dir=tmp_path / "salun", logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, callbacks=[modes])
+    trainer.fit(model, data())
+    assert modes.seen == [True, True]

@@ -429,6 +429,10 @@ class DiffusionUnlearningModule(LightningModule):
             module.eval()
         return self
 
+    def on_fit_start(self) -> None:
+        # diffusers' from_pretrained returns modules in eval mode, and Lightning keeps the mode it finds
+        self.train()
+
     def on_fit_end(self) -> None:
         if self._fit_started is not None:
             self.fit_minutes = (time.perf_counter() - self._fit_started) / 60
