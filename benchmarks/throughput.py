@@ -61,7 +61,8 @@ def module_epoch(subset: Path, weights: Path, mask: Path, cache: Path, model: st
     module = ClassifierUnlearningModule("salun", model=model, original_weights=str(weights), mask_path=str(mask))
     timer = EpochTimer()
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+                         default_root_dir=str(cache.parent))
     trainer.fit(module, data)
     return len(data.split.forget) + len(data.split.retain), timer.seconds[0]
 
@@ -120,7 +121,7 @@ def main() -> None:
         module = ClassifierUnlearningModule("salun", model=args.model, original_weights=str(weights))
         module.configure_callbacks = lambda: [saliency]
         trainer = pl.Trainer(accelerator="cpu", max_steps=0, logger=False, enable_progress_bar=False,
-                             enable_model_summary=False)
+                             enable_model_summary=False, default_root_dir=str(args.out))
         trainer.fit(module, data)
         rates: dict[str, list[float]] = {"plain loop": [], "module": []}
         for _ in range(args.rounds):
