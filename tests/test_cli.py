@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from salun_lightning.callbacks import load_mask
 from salun_lightning.cli import SalunCLI, main

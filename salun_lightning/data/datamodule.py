@@ -115,7 +115,45 @@ class ShuffledBlocksSampler(DistributedSampler):
         return iter(torch.cat(order).tolist())
 
 
-class UnlearningDataModule(LightningDataModule):
+class ImageSourceDataModule(LightningDataModule):
+    """Base of the classifier and diffusion data modules: a named image source, located once and loaded once.
+
+    Subclasses call :meth:`_init_source` in ``__init__`` and save ``dataset`` and ``download`` as hyper-parameters.
+    """
+
+    def _init_source(self, dataset: str, data_path: Optional[str], cache_dir: Optional[str]) -> None:
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        if dataset == "image_folder":
+            self.data_path: Optional[Path] = Path(data_path).expanduser()
+        elif dataset == "digits":
+            self.data_path = None
+        else:
+            self.data_path = Path(data_path).expanduser() if data_path is not None else self.cache_dir / "torchvision"
+        self._data: Optional[ImageData] = None
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class names, in label order."""
+        known = KNOWN_DATASETS.get(self.hparams.dataset)
+        return list(known.class_names if known is not None else self._load().class_names)
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes."""
+        return len(self.class_names)
+
+    @override
+    def prepare_data(self) -> None:
+        """Download the torchvision set (``download=True``), or check its files; decode and cache an image folder."""
+        prepare_source(self.hparams.dataset, self.data_path, self.cache_dir, self.hparams.download)
+
+    def _load(self) -> ImageData:
+        if self._data is None:
+            self._data = load_source(self.hparams.dataset, self.data_path, self.cache_dir)
+        return self._data
+
+
+class UnlearningDataModule(ImageSourceDataModule):
     """Image classification data split for machine unlearning: forget set D_f, retain set D_r, hold-out, test.
 
     Loaders yield dicts ``{"image": uint8 [B, C, H, W], "label": int64 [B], "index": int64 [B], "is_forget":
@@ -218,13 +256,7 @@ class UnlearningDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         _check_arguments(**self.hparams)
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        if dataset == "image_folder":
-            self.data_path: Optional[Path] = Path(data_path).expanduser()
-        elif dataset == "digits":
-            self.data_path = None
-        else:
-            self.data_path = Path(data_path).expanduser() if data_path is not None else self.cache_dir / "torchvision"
+        self._init_source(dataset, data_path, cache_dir)
         self.augment = augment if augment is not None else dataset in ("cifar10", "cifar100", "image_folder")
         self.eval_batch_size = eval_batch_size or batch_size
         self.test_split_names = ["forget", "retain", "test"]
@@ -240,22 +272,10 @@ class UnlearningDataModule(LightningDataModule):
                 resolve_class(forget_class, known.class_names)
         self.split: Optional[Split] = None
         self.forget_class_index: Optional[int] = None
-        self._data: Optional[ImageData] = None
         self._stats: Optional[tuple[tuple[float, ...], tuple[float, ...]]] = None
         self._device_stats: dict[torch.device, tuple[Tensor, Tensor]] = {}  # mean and std on each batch device
 
     # ---------------------------------------------------------------------------------------------- metadata
-    @property
-    def class_names(self) -> list[str]:
-        """The class names, in label order."""
-        known = KNOWN_DATASETS.get(self.hparams.dataset)
-        return list(known.class_names if known is not None else self._load().class_names)
-
-    @property
-    def num_classes(self) -> int:
-        """The number of classes."""
-        return len(self.class_names)
-
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the images."""
@@ -273,11 +293,6 @@ class UnlearningDataModule(LightningDataModule):
         return self._normalisation()[1]
 
     # ---------------------------------------------------------------------------------------------- data hooks
-    @override
-    def prepare_data(self) -> None:
-        """Download the torchvision set (``download=True``), or check its files; decode and cache an image folder."""
-        prepare_source(self.hparams.dataset, self.data_path, self.cache_dir, self.hparams.download)
-
     @override
     def setup(self, stage: str = "fit") -> None:
         """Load the data, draw the splits (once) and write ``forget_indices.json``."""
@@ -384,11 +399,6 @@ class UnlearningDataModule(LightningDataModule):
         return stream
 
     # ---------------------------------------------------------------------------------------------- internals
-    def _load(self) -> ImageData:
-        if self._data is None:
-            self._data = load_source(self.hparams.dataset, self.data_path, self.cache_dir)
-        return self._data
-
     def _split(self) -> Split:
         if self.split is None:
             raise RuntimeError("call setup() before asking UnlearningDataModule for a dataloader.")

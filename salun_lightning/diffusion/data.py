@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import torch
-from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from salun_lightning.data.datamodule import IndexedImageDataset
+from salun_lightning.data.datamodule import ImageSourceDataModule, IndexedImageDataset
 from salun_lightning.data.sources import (
     KNOWN_DATASETS,
     ImageData,
@@ -31,9 +30,6 @@ from salun_lightning.data.sources import (
     find_layout,
     is_image,
     check_image_folder_path,
-    default_cache_dir,
-    load_source,
-    prepare_source,
 )
 from salun_lightning.data.splits import resolve_class
 
@@ -83,7 +79,7 @@ class CollateDiffusionBatch:
         }
 
 
-class DiffusionDataModule(LightningDataModule):
+class DiffusionDataModule(ImageSourceDataModule):
     """Labelled images for diffusion unlearning: all of them, the retained classes, or the forgotten class.
 
     Training streams (``stream``, default: the LightningModule's ``train_stream``): ``"full"`` (every training image),
@@ -169,33 +165,15 @@ class DiffusionDataModule(LightningDataModule):
                 f"prompt_template {prompt_template!r} is not a template with one {{class}} field ({err!r}); "
                 "write it like 'an image of {class}'."
             ) from None
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        if dataset == "digits":
-            self.data_path: Optional[Path] = None
-        elif dataset == "image_folder":
-            self.data_path = Path(data_path).expanduser()
-        else:
-            self.data_path = Path(data_path).expanduser() if data_path is not None else self.cache_dir / "torchvision"
+        self._init_source(dataset, data_path, cache_dir)
         known = KNOWN_DATASETS.get(dataset)
         self.forget_class_index: Optional[int] = None
         if known is not None and forget_class is not None:
             self.forget_class_index = resolve_class(forget_class, known.class_names)
         self.eval_batch_size = eval_batch_size or batch_size
-        self._data: Optional[ImageData] = None
         self._prompts: Optional[list[str]] = None
 
     # ---------------------------------------------------------------------------------------------- metadata
-    @property
-    def class_names(self) -> list[str]:
-        """The class names, in label order."""
-        known = KNOWN_DATASETS.get(self.hparams.dataset)
-        return list(known.class_names if known is not None else self._load().class_names)
-
-    @property
-    def num_classes(self) -> int:
-        """The number of classes."""
-        return len(self.class_names)
-
     @property
     def class_prompts(self) -> list[str]:
         """The template prompt of every class, in label order."""
@@ -212,11 +190,6 @@ class DiffusionDataModule(LightningDataModule):
         return (self.hparams.channels or channels, size or height, size or height)
 
     # ---------------------------------------------------------------------------------------------- hooks
-    @override
-    def prepare_data(self) -> None:
-        """Download a torchvision set (``download=True``) or check its files; decode and cache an image folder."""
-        prepare_source(self.hparams.dataset, self.data_path, self.cache_dir, self.hparams.download)
-
     @override
     def setup(self, stage: str = "fit") -> None:
         """Load the images, resolve the forgotten class and read the prompts (once)."""
@@ -261,11 +234,6 @@ class DiffusionDataModule(LightningDataModule):
         return self.hparams.stream or getattr(module, "train_stream", "full")
 
     # ---------------------------------------------------------------------------------------------- internals
-    def _load(self) -> ImageData:
-        if self._data is None:
-            self._data = load_source(self.hparams.dataset, self.data_path, self.cache_dir)
-        return self._data
-
     def _indices(self, stream: str) -> Tensor:
         labels = self._load().train_labels
         everything = torch.arange(len(labels))
