@@ -64,7 +64,8 @@ def evaluate(name: str, method: str, generations: dict, judge: Judge, real: torc
     record = {"method": method, "seed": 0, **metrics, "RTE": rte}
     write_metrics(out / name, record)
     grid = torch.cat([generations[c][:8] for c in sorted(generations)])
-    save_image((grid + 1) / 2, out / f"{name}_grid.png", nrow=8, padding=1)
+    grid = torch.nn.functional.interpolate(grid, scale_factor=3, mode="nearest")  # 16x16 digits are tiny on screen
+    save_image((grid + 1) / 2, out / f"{name}_grid.png", nrow=8, padding=2)
     print(f"{name}: UA {metrics['UA']:.1f}, retained accuracy {metrics['retained_accuracy']:.1f}, "
           f"FID {metrics['FID']:.3f} ({metrics['fid_features']})", flush=True)
     return record
