@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -81,6 +80,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--sample-steps", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parts", nargs="+", choices=["ddpm", "t2i"], default=["ddpm", "t2i"])
     parser.add_argument("--out", type=Path, default=Path("runs/ddpm_digits"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -98,7 +98,21 @@ def main() -> None:
     real = digits.test_images[keep]  # retained-class test digits (uint8, 8x8) for FID
     records = []
 
-    # Class-conditional DDPM.
+    if "ddpm" in args.parts:
+        records += class_conditional(args, out, judge, real)
+    if "t2i" in args.parts:
+        records += text_to_image(args, out, judge, real)
+    print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU; "
+          f"{time.perf_counter() - started:.0f} s in all")
+    print(f"DDPM: {args.train_steps} training steps, salun {args.unlearn_steps} steps, ga {args.ga_steps} steps; "
+          f"text-to-image: {args.t2i_train_steps} training steps, salun {args.t2i_unlearn_steps} steps; "
+          f"{args.per_class} generations per class, {args.sample_steps} DDIM steps, seed 0")
+    print(json.dumps(records, indent=1))
+
+
+def class_conditional(args: argparse.Namespace, out: Path, judge: Judge, real: torch.Tensor) -> list[dict]:
+    """Train the DDPM, unlearn digit 0 with salun and ga, judge all three."""
+    records = []
     minutes = fit("ddpm_digits_train.yaml", out / "train", f"--trainer.max_steps={args.train_steps}")
     records.append(evaluate("ddpm_original", "train", generate("ddpm_digits_train.yaml", out / "train", args.per_class, args.sample_steps), judge, real, out, minutes))
     pretrained = f"--model.init_args.pretrained={out / 'train'}"
@@ -107,8 +121,12 @@ def main() -> None:
         generations = generate(f"ddpm_digits_{method}.yaml", out / method, args.per_class, args.sample_steps, pretrained)
         records.append(evaluate(f"ddpm_{method}", method, generations, judge, real, out, minutes))
     salun(["report", str(out / "ddpm_original"), str(out / "ddpm_salun"), str(out / "ddpm_ga"), "--out", str(out / "ddpm_report")])
+    return records
 
-    # Latent text-to-image path at tiny scale.
+
+def text_to_image(args: argparse.Namespace, out: Path, judge: Judge, real: torch.Tensor) -> list[dict]:
+    """Train the tiny latent text-to-image model, unlearn digit 0 with salun, judge both."""
+    records = []
     minutes = fit("t2i_digits_train.yaml", out / "t2i_train", f"--trainer.max_steps={args.t2i_train_steps}")
     records.append(evaluate("t2i_original", "train", generate("t2i_digits_train.yaml", out / "t2i_train", args.per_class, args.sample_steps), judge, real, out, minutes))
     pretrained = f"--model.init_args.pretrained={out / 't2i_train'}"
@@ -116,14 +134,7 @@ def main() -> None:
     generations = generate("t2i_digits_salun.yaml", out / "t2i_salun", args.per_class, args.sample_steps, pretrained)
     records.append(evaluate("t2i_salun", "salun", generations, judge, real, out, minutes))
     salun(["report", str(out / "t2i_original"), str(out / "t2i_salun"), "--out", str(out / "t2i_report")])
-
-    print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU; "
-          f"{time.perf_counter() - started:.0f} s in all")
-    print(f"DDPM: {args.train_steps} training steps, salun {args.unlearn_steps} steps, ga {args.ga_steps} steps; "
-          f"text-to-image: {args.t2i_train_steps} training steps, salun {args.t2i_unlearn_steps} steps; "
-          f"{args.per_class} generations per class, {args.sample_steps} DDIM steps, seed 0")
-    print(json.dumps(records, indent=1))
-    shutil.copy(out / "ddpm_report" / "report.md", out / "ddpm_report.md")
+    return records
 
 
 if __name__ == "__main__":
