@@ -8,8 +8,9 @@ Steps (all through the ``salun`` command line and the configs in ``configs/diffu
 3. generate ``--per-class`` images of every digit with each model (DDIM, classifier-free guidance 2.0, seed 0),
    and judge them: UA, the judge's accuracy on retained-class generations, FID on retained classes (judge
    features; Inception weights are not available offline); write grids before/after;
-4. the same for the latent text-to-image path ("an image of the digit {class}"): a tiny VAE, CLIP text encoder
-   and UNet built from configs, trained briefly, then unlearned with salun.
+4. the same for the latent text-to-image path ("an image of the digit {class}"): a tiny VAE trained briefly to
+   reconstruct digits, a frozen random tiny CLIP text encoder and a UNet built from configs, trained briefly,
+   then unlearned with salun.
 
     OMP_NUM_THREADS=1 python benchmarks/ddpm_digits.py [--train-steps 1000] [--unlearn-steps 250] [--out runs/ddpm_digits]
 
@@ -26,12 +27,15 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
+from diffusers import AutoencoderKL
+from torch.nn import functional as F
 from torchvision.utils import save_image
 
 from salun_lightning.cli import SalunCLI
 from salun_lightning.cli import main as salun
 from salun_lightning.data.sources import load_digits_data
-from salun_lightning.diffusion import sample_images
+from salun_lightning.diffusion import sample_images, to_diffusion_range
 from salun_lightning.diffusion_eval import Judge, evaluate_generations, write_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +79,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=1000)
     parser.add_argument("--unlearn-steps", type=int, default=250)
     parser.add_argument("--ga-steps", type=int, default=50)
+    parser.add_argument("--vae-steps", type=int, default=500, help="steps of the tiny VAE's reconstruction training")
     parser.add_argument("--t2i-train-steps", type=int, default=1000)
     parser.add_argument("--t2i-unlearn-steps", type=int, default=250)
     parser.add_argument("--per-class", type=int, default=50)
@@ -124,14 +129,37 @@ def class_conditional(args: argparse.Namespace, out: Path, judge: Judge, real: t
     return records
 
 
+def train_vae(out: Path, steps: int) -> Path:
+    """Train the tiny VAE of ``t2i_digits_train.yaml`` to reconstruct 16x16 digits; scale its latents to unit std."""
+    config = yaml.safe_load((CONFIGS / "t2i_digits_train.yaml").read_text())["model"]["init_args"]["vae"]
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**config)
+    images = to_diffusion_range(load_digits_data().train_images, 16, 1)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    for _ in range(steps):
+        batch = images[torch.randint(0, len(images), (128,))]
+        posterior = vae.encode(batch).latent_dist
+        loss = F.mse_loss(vae.decode(posterior.sample()).sample, batch) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        scale = 1 / vae.encode(images).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=scale)
+    vae.save_pretrained(out)
+    print(f"vae: reconstruction MSE {loss.item():.4f} after {steps} steps, latent scaling {scale:.3f}", flush=True)
+    return out
+
+
 def text_to_image(args: argparse.Namespace, out: Path, judge: Judge, real: torch.Tensor) -> list[dict]:
-    """Train the tiny latent text-to-image model, unlearn digit 0 with salun, judge both."""
+    """Train a tiny VAE, then the tiny latent text-to-image model; unlearn digit 0 with salun; judge both."""
     records = []
-    minutes = fit("t2i_digits_train.yaml", out / "t2i_train", f"--trainer.max_steps={args.t2i_train_steps}")
-    records.append(evaluate("t2i_original", "train", generate("t2i_digits_train.yaml", out / "t2i_train", args.per_class, args.sample_steps), judge, real, out, minutes))
+    vae = f"--model.init_args.vae={train_vae(out / 't2i_vae', args.vae_steps)}"
+    minutes = fit("t2i_digits_train.yaml", out / "t2i_train", f"--trainer.max_steps={args.t2i_train_steps}", vae)
+    records.append(evaluate("t2i_original", "train", generate("t2i_digits_train.yaml", out / "t2i_train", args.per_class, args.sample_steps, vae), judge, real, out, minutes))
     pretrained = f"--model.init_args.pretrained={out / 't2i_train'}"
-    minutes = fit("t2i_digits_salun.yaml", out / "t2i_salun", f"--trainer.max_steps={args.t2i_unlearn_steps}", pretrained)
-    generations = generate("t2i_digits_salun.yaml", out / "t2i_salun", args.per_class, args.sample_steps, pretrained)
+    minutes = fit("t2i_digits_salun.yaml", out / "t2i_salun", f"--trainer.max_steps={args.t2i_unlearn_steps}", pretrained, vae)
+    generations = generate("t2i_digits_salun.yaml", out / "t2i_salun", args.per_class, args.sample_steps, pretrained, vae)
     records.append(evaluate("t2i_salun", "salun", generations, judge, real, out, minutes))
     salun(["report", str(out / "t2i_original"), str(out / "t2i_salun"), "--out", str(out / "t2i_report")])
     return records
