@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from salun_lightning.classifier import METRICS_FILENAME, load_weights, write_json
+from salun_lightning.classifier import METRICS_FILENAME, load_weights
+from salun_lightning.files import write_json
 from salun_lightning.data import normalize
 from salun_lightning.data.sources import KNOWN_DATASETS
 from salun_lightning.metrics import accuracy_percent

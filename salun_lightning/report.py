@@ -18,14 +18,14 @@ import argparse
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Optional, Union
 
 import numpy as np
 
+from salun_lightning.files import write_atomically
 from salun_lightning.metrics.functional import average_gap
 
 __all__ = ["build_report", "main"]
@@ -220,19 +220,6 @@ def _plot_gaps(summaries: list[_MethodSummary], retrain: str, stream: IO[bytes])
     figure.savefig(stream, format="png", dpi=120)
 
 
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temporary file in the same directory, then ``os.replace`` it onto ``path``."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            write(stream)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def build_report(run_dirs: Sequence[PathLike], out_dir: Optional[PathLike] = None, retrain: str = "retrain") -> str:
     """Markdown table of UA, RA, TA, MIA, Avg. Gap and RTE per method, from the runs' ``metrics.json`` files.
 
@@ -270,8 +257,8 @@ def build_report(run_dirs: Sequence[PathLike], out_dir: Optional[PathLike] = Non
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         document = _markdown_document(table, summaries, retrain).encode()
-        _write_atomically(out / "report.md", lambda stream: stream.write(document))
-        _write_atomically(out / "report.png", lambda stream: _plot_gaps(summaries, retrain, stream))
+        write_atomically(out / "report.md", lambda stream: stream.write(document))
+        write_atomically(out / "report.png", lambda stream: _plot_gaps(summaries, retrain, stream))
     return table
 
 

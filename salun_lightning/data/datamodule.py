@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -27,6 +25,7 @@ from salun_lightning.data.sources import (
     prepare_source,
 )
 from salun_lightning.data.splits import Split, make_split, read_indices_file, resolve_class
+from salun_lightning.files import write_atomically
 
 STREAMS = ("full", "retain", "forget", "forget_retain")
 SCHEDULES = ("sequential", "interleaved")
@@ -449,16 +448,8 @@ class UnlearningDataModule(ImageSourceDataModule):
         if directory is None or not is_zero:
             return
         target = Path(directory).expanduser() / FORGET_INDICES_FILENAME
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as stream:
-                json.dump(self._split().forget.tolist(), stream)
-            os.chmod(temporary, 0o644)  # mkstemp creates 0600
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        indices = json.dumps(self._split().forget.tolist()).encode()
+        write_atomically(target, lambda stream: stream.write(indices))
 
 
 def _channel_statistics(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -22,7 +22,6 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 import time
 import zipfile
 from collections import defaultdict
@@ -36,8 +35,10 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from PIL import Image
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
+
+from salun_lightning.files import write_atomically
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "image_folder")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -376,15 +377,7 @@ def _write_cache(target: Path, data: ImageData, source: Path) -> None:
         "test_labels": data.test_labels.contiguous(),
     }
     metadata = {"format": CACHE_FORMAT, "class_names": json.dumps(list(data.class_names)), "source": str(source)}
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(target, lambda stream: stream.write(save(tensors, metadata=metadata)))
 
 
 def _read_cache(target: Path) -> ImageData:

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from salun_lightning.callbacks import WeightSaliencyCallback
-from salun_lightning.classifier import random_other_labels, write_json
+from salun_lightning.classifier import random_other_labels
+from salun_lightning.files import write_json
 from salun_lightning.data.splits import resolve_class
 
 Method = Literal["train", "retrain", "ga", "rl", "salun"]
