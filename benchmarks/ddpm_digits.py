@@ -9,8 +9,8 @@ Steps (all through the ``salun`` command line and the configs in ``configs/diffu
    and judge them: UA, the judge's accuracy on retained-class generations, FID on retained classes (judge
    features; Inception weights are not available offline); write grids before/after;
 4. the same for the latent text-to-image path ("an image of the digit {class}"): a tiny VAE trained briefly to
-   reconstruct digits, a frozen random tiny CLIP text encoder and a UNet built from configs, trained briefly,
-   then unlearned with salun.
+   reconstruct digits and a tiny CLIP text encoder trained briefly to tell the ten prompts apart (both then frozen,
+   as Stable Diffusion's), and a UNet built from configs, trained briefly, then unlearned with salun.
 
     OMP_NUM_THREADS=1 python benchmarks/ddpm_digits.py [--train-steps 1000] [--unlearn-steps 250] [--out runs/ddpm_digits]
 
@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--unlearn-steps", type=int, default=250)
     parser.add_argument("--ga-steps", type=int, default=50)
     parser.add_argument("--vae-steps", type=int, default=500, help="steps of the tiny VAE's reconstruction training")
+    parser.add_argument("--text-steps", type=int, default=200, help="steps of the tiny text encoder's pre-training")
     parser.add_argument("--t2i-train-steps", type=int, default=1000)
     parser.add_argument("--t2i-unlearn-steps", type=int, default=250)
     parser.add_argument("--per-class", type=int, default=50)
@@ -151,15 +152,53 @@ def train_vae(out: Path, steps: int) -> Path:
     return out
 
 
+def train_text_encoder(out: Path, steps: int) -> Path:
+    """Pre-train the tiny CLIP text encoder of ``t2i_digits_train.yaml`` to tell the ten digit prompts apart.
+
+    Stable Diffusion's CLIP arrives pre-trained; a random one gives prompts that differ in one token nearly the same
+    embedding, and the denoiser then ignores the prompt. A linear probe on the pooled output learns to name each
+    prompt's digit; the encoder is frozen afterwards, as in Stable Diffusion.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    train_config = yaml.safe_load((CONFIGS / "t2i_digits_train.yaml").read_text())
+    config = train_config["model"]["init_args"]["text_encoder"]
+    template = train_config["data"]["init_args"]["prompt_template"]
+    torch.manual_seed(0)
+    encoder = CLIPTextModel(CLIPTextConfig(**config))
+    tokenizer = CLIPTokenizer.from_pretrained(ROOT / train_config["model"]["init_args"]["tokenizer"])
+    prompts = [template.format(**{"class": str(digit)}) for digit in range(10)]
+    ids = tokenizer(prompts, padding="max_length", max_length=config["max_position_embeddings"],
+                    return_tensors="pt").input_ids
+    probe = torch.nn.Linear(config["hidden_size"], len(prompts))
+    optimizer = torch.optim.Adam([*encoder.parameters(), *probe.parameters()], lr=1e-3)
+    labels = torch.arange(len(prompts))
+    for _ in range(steps):
+        loss = F.cross_entropy(probe(encoder(ids).pooler_output), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        states = encoder(ids).last_hidden_state
+    spread = ((states - states.mean(0)).norm() / states.norm()).item()
+    encoder.save_pretrained(out)
+    print(f"text encoder: probe loss {loss.item():.4f} after {steps} steps; the prompts' embeddings differ from their "
+          f"mean by {spread:.2f} of their norm", flush=True)
+    return out
+
+
 def text_to_image(args: argparse.Namespace, out: Path, judge: Judge, real: torch.Tensor) -> list[dict]:
-    """Train a tiny VAE, then the tiny latent text-to-image model; unlearn digit 0 with salun; judge both."""
+    """Train a tiny VAE and text encoder, then the tiny latent text-to-image model; unlearn digit 0 with salun;
+    judge both."""
     records = []
     vae = f"--model.init_args.vae={train_vae(out / 't2i_vae', args.vae_steps)}"
-    minutes = fit("t2i_digits_train.yaml", out / "t2i_train", f"--trainer.max_steps={args.t2i_train_steps}", vae)
-    records.append(evaluate("t2i_original", "train", generate("t2i_digits_train.yaml", out / "t2i_train", args.per_class, args.sample_steps, vae), judge, real, out, minutes))
+    text_encoder = f"--model.init_args.text_encoder={train_text_encoder(out / 't2i_text_encoder', args.text_steps)}"
+    parts = (vae, text_encoder)
+    minutes = fit("t2i_digits_train.yaml", out / "t2i_train", f"--trainer.max_steps={args.t2i_train_steps}", *parts)
+    records.append(evaluate("t2i_original", "train", generate("t2i_digits_train.yaml", out / "t2i_train", args.per_class, args.sample_steps, *parts), judge, real, out, minutes))
     pretrained = f"--model.init_args.pretrained={out / 't2i_train'}"
-    minutes = fit("t2i_digits_salun.yaml", out / "t2i_salun", f"--trainer.max_steps={args.t2i_unlearn_steps}", pretrained, vae)
-    generations = generate("t2i_digits_salun.yaml", out / "t2i_salun", args.per_class, args.sample_steps, pretrained, vae)
+    minutes = fit("t2i_digits_salun.yaml", out / "t2i_salun", f"--trainer.max_steps={args.t2i_unlearn_steps}", pretrained)
+    generations = generate("t2i_digits_salun.yaml", out / "t2i_salun", args.per_class, args.sample_steps, pretrained)
     records.append(evaluate("t2i_salun", "salun", generations, judge, real, out, minutes))
     salun(["report", str(out / "t2i_original"), str(out / "t2i_salun"), "--out", str(out / "t2i_report")])
     return records

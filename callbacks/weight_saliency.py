@@ -327,6 +327,8 @@ class WeightSaliencyCallback(Callback):
         freeze_non_salient: restore non-salient weights and zero their optimizer state after each step.
         parameters: regular expressions (``re.search``) selecting the parameter names to rank; every other
             trainable parameter is treated as non-salient. Default: all trainable parameters.
+        batch_size_fn: ``batch_size_fn(batch) -> int``, the number of samples in a forget batch (each batch's mean
+            loss is weighted by it). Default: Lightning's ``extract_batch_size`` (the first tensor's length).
 
     Raises:
         ValueError: ``ratio`` outside ``(0, 1]`` or an invalid regular expression.
@@ -351,6 +353,7 @@ class WeightSaliencyCallback(Callback):
         save_mask_path: Optional[str] = None,
         freeze_non_salient: bool = True,
         parameters: Optional[Sequence[str]] = None,
+        batch_size_fn: Optional[Callable[[Any], int]] = None,
     ) -> None:
         super().__init__()
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
@@ -370,6 +373,7 @@ class WeightSaliencyCallback(Callback):
         self.save_mask_path = save_mask_path
         self.freeze_non_salient = freeze_non_salient
         self.parameters = list(parameters) if parameters is not None else None
+        self.batch_size_fn = batch_size_fn
         self._patterns = patterns
         self.mask: dict[str, Tensor] = {}
         self.saliency_stats: dict[str, Any] = {}
@@ -467,7 +471,10 @@ class WeightSaliencyCallback(Callback):
         with torch.enable_grad(), _eval_mode(pl_module), _logging_disabled(pl_module):
             for batch_idx, batch in enumerate(loader):
                 batch = trainer.strategy.batch_to_device(batch)
-                batch_size = extract_batch_size(batch)
+                batch_size = self.batch_size_fn(batch) if self.batch_size_fn else extract_batch_size(batch)
+                if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                    raise ValueError(f"batch_size_fn must return a positive int, got {batch_size!r} on forget batch "
+                                     f"{batch_idx}.")
                 with trainer.precision_plugin.forward_context():
                     loss = loss_fn(batch, batch_idx)
                 if not isinstance(loss, Tensor) or loss.numel() != 1 or not bool(torch.isfinite(loss.detach())):

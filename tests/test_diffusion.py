@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from PIL import Image
 from torch.nn import functional as F
 
@@ -113,9 +113,9 @@ def text_model(tokenizer: Path, method: str = "train", **kwargs) -> TextToImageD
     return TextToImageDiffusion(method=method, **{**parts, **kwargs})
 
 
-def fit(model, datamodule, root: Path, steps: int = 1) -> Trainer:
-    trainer = Trainer(accelerator="cpu", devices=1, max_steps=steps, default_root_dir=root, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+def fit(model, datamodule, root: Path, steps: int = 1, **trainer_args) -> Trainer:
+    trainer = Trainer(**{"accelerator": "cpu", "devices": 1, **trainer_args}, max_steps=steps, default_root_dir=root,
+                      logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule)
     return trainer
 
@@ -209,11 +209,17 @@ def test_one_step_of_every_method(kind, method, originals, tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["pixel", "text"])
-def test_salun_moves_only_salient_denoiser_weights_and_never_the_frozen_parts(kind, originals, tokenizer, tmp_path):
+@pytest.mark.parametrize("scale", [{}, {"precision": "bf16-mixed", "gradient_checkpointing": True}], ids=["fp32", "bf16"])
+def test_salun_moves_only_salient_denoiser_weights_and_never_the_frozen_parts(kind, scale, originals, tokenizer,
+                                                                              tmp_path):
     torch.manual_seed(0)
-    model = build(kind, "salun", originals, tokenizer, lr=1e-2, weight_decay=1e-2)
+    precision = scale.get("precision", "32-true")
+    model = build(kind, "salun", originals, tokenizer, lr=1e-2, weight_decay=1e-2,
+                  gradient_checkpointing=scale.get("gradient_checkpointing", False))
+    assert model.unet.is_gradient_checkpointing == ("gradient_checkpointing" in scale)
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
-    trainer = fit(model, data(), tmp_path, steps=3)
+    trainer = fit(model, data(), tmp_path, steps=3, precision=precision)
+    assert math.isfinite(trainer.callback_metrics["train/loss"])
     (callback,) = [c for c in trainer.callbacks if isinstance(c, WeightSaliencyCallback)]
     assert set(callback.mask) == {name for name in start if name.startswith("unet.")}
     moved = 0
@@ -226,6 +232,34 @@ def test_salun_moves_only_salient_denoiser_weights_and_never_the_frozen_parts(ki
             assert not param.requires_grad and torch.equal(bits(param), bits(start[name])), name
     assert moved > 0
     assert all(not part.training for part in model.frozen_modules())
+
+
+class DumpRankState(Callback):
+    """Each rank writes its mask and denoiser weights at the end of training."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module):
+        (saliency,) = [c for c in trainer.callbacks if isinstance(c, WeightSaliencyCallback)]
+        state = {"mask": saliency.mask, "params": {n: p.detach().clone() for n, p in pl_module.unet.named_parameters()}}
+        torch.save(state, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
+
+
+def test_salun_under_ddp_keeps_one_mask_and_one_model_on_every_rank(originals, tmp_path):
+    torch.manual_seed(0)
+    model = build("pixel", "salun", originals, None, lr=1e-2)
+    start = {name: p.detach().clone() for name, p in model.unet.named_parameters()}
+    fit(model, data(), tmp_path, steps=2, strategy="ddp_spawn", devices=2, callbacks=[DumpRankState(str(tmp_path))])
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    moved = 0
+    for name, begin in start.items():
+        mask = ranks[0]["mask"][f"unet.{name}"]
+        assert torch.equal(ranks[1]["mask"][f"unet.{name}"], mask), name
+        assert torch.equal(bits(ranks[0]["params"][name]), bits(ranks[1]["params"][name])), name
+        assert torch.equal(bits(ranks[0]["params"][name])[~mask], bits(begin)[~mask]), name
+        moved += int((ranks[0]["params"][name][mask] != begin[mask]).sum())
+    assert moved > 0
 
 
 @pytest.mark.parametrize("kind", ["pixel", "text"])
@@ -315,6 +349,19 @@ def test_a_saved_denoiser_loads_back_strictly(originals, tmp_path):
     save_file(state, weights)
     with pytest.raises(ValueError, match="missing.*conv_out.weight"):
         other.load_unet(str(tmp_path / "unet"))
+
+
+def test_a_run_directory_holds_every_part_not_taken_from_pretrained(originals, tokenizer, tmp_path):
+    from transformers import CLIPTextModel
+
+    separate = text_model(tokenizer, vae=str(originals["text"] / "vae"),
+                          text_encoder=str(originals["text"] / "text_encoder"))
+    separate.save_components(tmp_path / "separate")
+    reloaded = CLIPTextModel.from_pretrained(tmp_path / "separate" / "text_encoder")
+    assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in separate.text_encoder.state_dict().items())
+    assert (tmp_path / "separate" / "vae" / "config.json").is_file()
+    build("text", "salun", originals, tokenizer).save_components(tmp_path / "unlearned")
+    assert sorted(p.name for p in (tmp_path / "unlearned").iterdir()) == ["scheduler", "tokenizer", "unet"]
 
 
 def test_the_unlearned_latent_model_runs_in_a_stable_diffusion_pipeline(originals, tokenizer, tmp_path):
@@ -440,7 +487,6 @@ def test_text_to_image_configs_and_the_stable_diffusion_config_run(tmp_path):
 
 
 def test_unlearning_from_saved_components_trains_the_denoiser_in_train_mode(tmp_path):
-    from lightning.pytorch import Callback
 
     fit(pixel_model(), data(), tmp_path / "train")
     model = pixel_model("salun", pretrained=str(tmp_path / "train"))

@@ -426,6 +426,48 @@ def test_non_scalar_loss_error():
         fit_with(WeightSaliencyCallback(forget_dataloader=DataLoader(make_dataset(8, 1), batch_size=4), loss_fn=loss_fn))
 
 
+class DictBatches(torch.utils.data.Dataset):
+    """Forget samples as dicts whose first tensor is not per-sample, so Lightning's batch-size guess is wrong."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict:
+        x, y = self.data[index]
+        return {"meta": torch.zeros(()), "x": x, "y": y}
+
+
+def dict_loss(module, batch):
+    return F.cross_entropy(module(batch["x"]), batch["y"])
+
+
+def dict_batches(data: TensorDataset) -> DataLoader:
+    return DataLoader(DictBatches(data), batch_size=8, collate_fn=lambda items: {
+        "meta": torch.zeros(1), "x": torch.stack([i["x"] for i in items]), "y": torch.stack([i["y"] for i in items])})
+
+
+def test_batch_size_fn_weights_each_forget_batch_by_its_sample_count():
+    forget = make_dataset(37, seed=1)  # batches of 8, 8, 8, 8 and 5
+    expected = reference_mask(PlainClassifier(), forget, 0.5)
+    counted = WeightSaliencyCallback(forget_dataloader=dict_batches(forget), loss_fn=dict_loss,
+                                     batch_size_fn=lambda batch: len(batch["x"]))
+    guessed = WeightSaliencyCallback(forget_dataloader=dict_batches(forget), loss_fn=dict_loss)
+    fit_with(counted)
+    fit_with(guessed)  # Lightning's guess takes "meta" (length 1): every batch weighs the same
+    assert all(torch.equal(counted.mask[name], mask) for name, mask in expected.items())
+    assert not all(torch.equal(guessed.mask[name], mask) for name, mask in expected.items())
+
+
+def test_batch_size_fn_must_return_a_positive_int():
+    callback = WeightSaliencyCallback(forget_dataloader=dict_batches(make_dataset(8, 1)), loss_fn=dict_loss,
+                                      batch_size_fn=lambda batch: 0)
+    with pytest.raises(ValueError, match=r"batch_size_fn must return a positive int, got 0 on forget batch 0"):
+        fit_with(callback)
+
+
 def test_filter_that_selects_nothing_error():
     with pytest.raises(MisconfigurationException, match=r"selects none of the 6 trainable parameters \(for example: body\.0\.weight"):
         fit_with(WeightSaliencyCallback(forget_dataloader=DataLoader(make_dataset(8, 1)), parameters=["unet"]))

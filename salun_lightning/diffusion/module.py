@@ -71,6 +71,11 @@ def denoising_target(scheduler: DDPMScheduler, x0: Tensor, noise: Tensor, timest
     return noise if kind == "epsilon" else scheduler.get_velocity(x0, noise, timesteps)
 
 
+def count_images(batch: dict[str, Any]) -> int:
+    """The number of samples in a diffusion batch ``{"image", "class", "prompt"}``."""
+    return len(batch["image"])
+
+
 def check_prediction_type(scheduler: DDPMScheduler) -> str:
     """Return the scheduler's ``prediction_type``; raise ValueError unless it is ``epsilon`` or ``v_prediction``."""
     kind = scheduler.config.prediction_type
@@ -416,6 +421,7 @@ class DiffusionUnlearningModule(LightningModule):
                 mask_path=hp.mask_path,
                 save_mask_path=hp.save_mask_path,
                 parameters=[r"^unet\."],
+                batch_size_fn=count_images,
             )
         ]
 
@@ -606,11 +612,12 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         return [self.vae, self.text_encoder]
 
     def save_components(self, directory: Path) -> None:
-        """Also save the tokenizer, and the VAE and text encoder when built from config dicts (random weights)."""
+        """Also save the tokenizer, and the VAE and text encoder unless they come from ``pretrained``: the directory
+        then holds a whole pipeline."""
         super().save_components(directory)
         self.tokenizer.save_pretrained(directory / "tokenizer")
         for name in ("vae", "text_encoder"):
-            if isinstance(self.hparams[name], dict):
+            if self.hparams[name] is not None:
                 getattr(self, name).save_pretrained(directory / name)
 
     @property
