@@ -3,8 +3,9 @@ text-to-image model.
 
 Steps (all through the ``salun`` command line and the configs in ``configs/diffusion``):
 
-1. train the original class-conditional DDPM on digits (16x16) and the judge classifier (``configs/digits``);
-2. unlearn digit 0 with salun and with ga (shortened schedules, stated in the output);
+1. train the judge classifier (``configs/digits``) and the original class-conditional DDPM on digits (16x16);
+2. unlearn digit 0 with salun (pseudo class: a random other digit), salun with upstream's pseudo class c_f + 1, rl
+   (salun without the mask) and ga (shortened schedules, stated in the output);
 3. generate ``--per-class`` images of every digit with each model (DDIM, classifier-free guidance 2.0, seed 0),
    and judge them: UA, the judge's accuracy on retained-class generations, FID on retained classes (judge
    features; Inception weights are not available offline); write grids before/after;
@@ -12,7 +13,9 @@ Steps (all through the ``salun`` command line and the configs in ``configs/diffu
    reconstruct digits and a tiny CLIP text encoder trained briefly to tell the ten prompts apart (both then frozen,
    as Stable Diffusion's), and a UNet built from configs, trained briefly, then unlearned with salun.
 
-    OMP_NUM_THREADS=1 python benchmarks/ddpm_digits.py [--train-steps 1000] [--unlearn-steps 250] [--out runs/ddpm_digits]
+The two parts run in two processes at once (``--jobs``), one torch thread each::
+
+    python benchmarks/ddpm_digits.py [--train-steps 1000] [--unlearn-steps 250] [--out runs/ddpm_digits]
 
 Prints the report tables and writes ``report.md``/``report.png`` and the grids into ``--out``.
 """
@@ -22,8 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -74,59 +80,82 @@ def evaluate(name: str, method: str, generations: dict, judge: Judge, real: torc
     return record
 
 
+DDPM_RUNS = {  # name: (config, extra arguments); every run unlearns the same original model
+    "salun": ("ddpm_digits_salun.yaml", ()),  # pseudo class: a random other digit
+    "salun_next": ("ddpm_digits_salun.yaml", ("--model.init_args.pseudo=next",)),  # c_f + 1, as upstream
+    "rl": ("ddpm_digits_rl.yaml", ()),  # salun without the mask
+    "ga": ("ddpm_digits_ga.yaml", ()),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-steps", type=int, default=1000)
-    parser.add_argument("--unlearn-steps", type=int, default=250)
+    parser.add_argument("--unlearn-steps", type=int, default=250, help="steps of salun, salun_next and rl")
     parser.add_argument("--ga-steps", type=int, default=50)
+    parser.add_argument("--ddpm-methods", nargs="+", choices=list(DDPM_RUNS), default=list(DDPM_RUNS))
     parser.add_argument("--vae-steps", type=int, default=500, help="steps of the tiny VAE's reconstruction training")
     parser.add_argument("--text-steps", type=int, default=200, help="steps of the tiny text encoder's pre-training")
     parser.add_argument("--t2i-train-steps", type=int, default=1000)
     parser.add_argument("--t2i-unlearn-steps", type=int, default=250)
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--sample-steps", type=int, default=25)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each process")
     parser.add_argument("--parts", nargs="+", choices=["ddpm", "t2i"], default=["ddpm", "t2i"])
+    parser.add_argument("--jobs", type=int, default=2, help="run the parts in this many processes at once")
     parser.add_argument("--out", type=Path, default=Path("runs/ddpm_digits"))
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    quiet(args.threads)
     started = time.perf_counter()
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
 
     # The judge: the classifier module's original model on digits (8x8), 30 epochs.
-    salun(["fit", "--config", str(ROOT / "configs/digits/train.yaml"), f"--trainer.default_root_dir={out / 'judge'}",
-           "--trainer.enable_progress_bar=false"])
-    judge = Judge.load(out / "judge" / "model.safetensors", "small_resnet", dataset="digits")
-    digits = load_digits_data()
-    keep = digits.test_labels != FORGOTTEN
-    real = digits.test_images[keep]  # retained-class test digits (uint8, 8x8) for FID
-    records = []
-
-    if "ddpm" in args.parts:
-        records += class_conditional(args, out, judge, real)
-    if "t2i" in args.parts:
-        records += text_to_image(args, out, judge, real)
-    print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU; "
+    salun(["fit", "--config", str(ROOT / "configs/digits/train.yaml"),
+           f"--trainer.default_root_dir={args.out / 'judge'}", "--trainer.enable_progress_bar=false"])
+    if args.jobs > 1 and len(args.parts) > 1:
+        with ProcessPoolExecutor(min(args.jobs, len(args.parts)), mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(run_part, args.parts, [args] * len(args.parts)))
+    else:
+        results = [run_part(part, args) for part in args.parts]
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s) in each of "
+          f"{min(args.jobs, len(args.parts))} process(es), torch {torch.__version__}, CPU; "
           f"{time.perf_counter() - started:.0f} s in all")
-    print(f"DDPM: {args.train_steps} training steps, salun {args.unlearn_steps} steps, ga {args.ga_steps} steps; "
-          f"text-to-image: {args.t2i_train_steps} training steps, salun {args.t2i_unlearn_steps} steps; "
-          f"{args.per_class} generations per class, {args.sample_steps} DDIM steps, seed 0")
-    print(json.dumps(records, indent=1))
+    print(f"DDPM: {args.train_steps} training steps, salun/salun_next/rl {args.unlearn_steps} steps, ga "
+          f"{args.ga_steps} steps; text-to-image: {args.t2i_train_steps} training steps, salun {args.t2i_unlearn_steps} "
+          f"steps; {args.per_class} generations per class, {args.sample_steps} DDIM steps, seed 0")
+    print(json.dumps([record for records in results for record in records], indent=1))
+
+
+def quiet(threads: int) -> None:
+    torch.set_num_threads(threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+
+def run_part(part: str, args: argparse.Namespace) -> list[dict]:
+    """One part of the benchmark (``ddpm`` or ``t2i``), judged by the judge trained in ``args.out / "judge"``."""
+    quiet(args.threads)
+    judge = Judge.load(args.out / "judge" / "model.safetensors", "small_resnet", dataset="digits")
+    digits = load_digits_data()
+    real = digits.test_images[digits.test_labels != FORGOTTEN]  # retained-class test digits (uint8, 8x8) for FID
+    part_fn = class_conditional if part == "ddpm" else text_to_image
+    return part_fn(args, args.out, judge, real)
 
 
 def class_conditional(args: argparse.Namespace, out: Path, judge: Judge, real: torch.Tensor) -> list[dict]:
-    """Train the DDPM, unlearn digit 0 with salun and ga, judge all three."""
+    """Train the DDPM, unlearn digit 0 with each of ``args.ddpm_methods``, judge them all."""
     records = []
     minutes = fit("ddpm_digits_train.yaml", out / "train", f"--trainer.max_steps={args.train_steps}")
-    records.append(evaluate("ddpm_original", "train", generate("ddpm_digits_train.yaml", out / "train", args.per_class, args.sample_steps), judge, real, out, minutes))
+    generations = generate("ddpm_digits_train.yaml", out / "train", args.per_class, args.sample_steps)
+    records.append(evaluate("ddpm_original", "train", generations, judge, real, out, minutes))
     pretrained = f"--model.init_args.pretrained={out / 'train'}"
-    for method, steps in (("salun", args.unlearn_steps), ("ga", args.ga_steps)):
-        minutes = fit(f"ddpm_digits_{method}.yaml", out / method, f"--trainer.max_steps={steps}", pretrained)
-        generations = generate(f"ddpm_digits_{method}.yaml", out / method, args.per_class, args.sample_steps, pretrained)
-        records.append(evaluate(f"ddpm_{method}", method, generations, judge, real, out, minutes))
-    salun(["report", str(out / "ddpm_original"), str(out / "ddpm_salun"), str(out / "ddpm_ga"), "--out", str(out / "ddpm_report")])
+    for name in args.ddpm_methods:
+        config, extra = DDPM_RUNS[name]
+        steps = args.ga_steps if name == "ga" else args.unlearn_steps
+        minutes = fit(config, out / name, f"--trainer.max_steps={steps}", pretrained, *extra)
+        generations = generate(config, out / name, args.per_class, args.sample_steps, pretrained, *extra)
+        records.append(evaluate(f"ddpm_{name}", name, generations, judge, real, out, minutes))
+    salun(["report", *(str(out / f"ddpm_{name}") for name in ["original", *args.ddpm_methods]),
+           "--out", str(out / "ddpm_report")])
     return records
 
 

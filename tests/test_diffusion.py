@@ -209,13 +209,14 @@ def test_one_step_of_every_method(kind, method, originals, tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["pixel", "text"])
-@pytest.mark.parametrize("scale", [{}, {"precision": "bf16-mixed", "gradient_checkpointing": True}], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("scale", [{}, {"precision": "bf16-mixed", "gradient_checkpointing": True, "ema_decay": 0.9}],
+                         ids=["fp32", "bf16-checkpointing-ema"])
 def test_salun_moves_only_salient_denoiser_weights_and_never_the_frozen_parts(kind, scale, originals, tokenizer,
                                                                               tmp_path):
     torch.manual_seed(0)
     precision = scale.get("precision", "32-true")
     model = build(kind, "salun", originals, tokenizer, lr=1e-2, weight_decay=1e-2,
-                  gradient_checkpointing=scale.get("gradient_checkpointing", False))
+                  gradient_checkpointing=scale.get("gradient_checkpointing", False), ema_decay=scale.get("ema_decay"))
     assert model.unet.is_gradient_checkpointing == ("gradient_checkpointing" in scale)
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer = fit(model, data(), tmp_path, steps=3, precision=precision)
@@ -286,6 +287,34 @@ def test_the_forget_loss_target_carries_no_gradient(kind, originals, tokenizer):
     through_target = torch.autograd.grad(manual(detach=False), params)
     assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads, detached))
     assert not all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads, through_target))
+
+
+class RecordWeights(Callback):
+    """The denoiser's weights after every optimizer step."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append({n: p.detach().clone() for n, p in pl_module.unet.named_parameters()})
+
+
+def test_the_saved_denoiser_is_the_moving_average_of_the_steps(tmp_path):
+    record = RecordWeights()
+    torch.manual_seed(0)
+    fit(pixel_model(lr=1e-2), data(), tmp_path / "last", steps=4, callbacks=[record])
+    torch.manual_seed(0)
+    averaged = pixel_model(lr=1e-2, ema_decay=0.5)
+    fit(averaged, data(), tmp_path / "ema", steps=4)
+    expected = dict(record.steps[0])  # diffusers' warm-up: decay min(0.5, (1 + n) / (10 + n)), 0 at the first step
+    for n, weights in enumerate(record.steps[1:], start=1):
+        decay = min(0.5, (1 + n) / (10 + n))
+        expected = {name: decay * expected[name] + (1 - decay) * value for name, value in weights.items()}
+    saved = ClassConditionalDiffusion.unet_class.from_pretrained(tmp_path / "ema" / "unet")
+    for name, value in expected.items():
+        assert torch.allclose(averaged.unet.state_dict()[name], value, atol=1e-6), name
+        assert torch.equal(saved.state_dict()[name], averaged.unet.state_dict()[name]), name
+    assert not torch.allclose(record.steps[-1]["conv_in.weight"], expected["conv_in.weight"])
 
 
 def test_v_prediction_trains_against_the_velocity(tmp_path):
@@ -409,6 +438,8 @@ def test_bad_model_arguments_fail_before_training(originals, tokenizer):
         pixel_model(unet={**PIXEL_UNET, "num_class_embeds": 5})
     with pytest.raises(ValueError, match="pseudo_class goes with pseudo='class'"):
         build("pixel", "rl", originals, tokenizer, pseudo_class=3)
+    with pytest.raises(ValueError, match=r"ema_decay must be in \(0, 1\) or None"):
+        pixel_model(ema_decay=1.0)
 
 
 def test_a_pseudo_class_equal_to_the_forgotten_one_is_refused(originals, tokenizer):

@@ -25,6 +25,7 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers.training_utils import EMAModel
 from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -175,6 +176,9 @@ class DiffusionUnlearningModule(LightningModule):
         mask_path: ``salun``: load the mask from this file instead of computing it.
         save_mask_path: ``salun``: write the computed mask here.
         gradient_checkpointing: recompute the denoiser's activations in the backward pass (less memory).
+        ema_decay: keep an exponential moving average of the denoiser's weights (diffusers ``EMAModel``, with its
+            warm-up ``min(ema_decay, (1 + n) / (10 + n))``), updated after every optimizer step and copied into the
+            denoiser at the end of fit, so the saved model is the average. ``None``: the last weights.
 
     Raises:
         ValueError: in ``__init__`` for bad arguments or components; in ``setup`` when the data do not fit the model.
@@ -203,6 +207,7 @@ class DiffusionUnlearningModule(LightningModule):
         mask_path: Optional[str] = None,
         save_mask_path: Optional[str] = None,
         gradient_checkpointing: bool = False,
+        ema_decay: Optional[float] = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -219,6 +224,8 @@ class DiffusionUnlearningModule(LightningModule):
             raise ValueError(f"denoising_reduction must be 'mean' or 'sum', got {denoising_reduction!r}.")
         if not 0 <= condition_dropout < 1 or lr <= 0 or weight_decay < 0:
             raise ValueError("condition_dropout must be in [0, 1), lr positive and weight_decay non-negative.")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) or None (no average), got {ema_decay}; 0.999 is common.")
         if not 0 < saliency_ratio <= 1:
             raise ValueError(f"saliency_ratio must be in (0, 1], got {saliency_ratio}; the paper uses 0.5.")
         if (mask_path or save_mask_path) and not self.spec.saliency:
@@ -248,6 +255,8 @@ class DiffusionUnlearningModule(LightningModule):
         self.pseudo_class_index: Optional[int] = None
         self.fit_minutes: Optional[float] = None
         self._fit_started: Optional[float] = None
+        self._ema: Optional[EMAModel] = None
+        self._ema_state: Optional[dict[str, Any]] = None  # from a checkpoint, loaded at fit start
 
     # ------------------------------------------------------------------------------------------------ conditioning
     def to_model_space(self, images: Tensor) -> Tensor:
@@ -439,8 +448,26 @@ class DiffusionUnlearningModule(LightningModule):
     def on_fit_start(self) -> None:
         # diffusers' from_pretrained returns modules in eval mode, and Lightning keeps the mode it finds
         self.train()
+        if self.hparams.ema_decay is not None:
+            self._ema = EMAModel(self.unet.parameters(), decay=self.hparams.ema_decay, foreach=True)
+            if self._ema_state is not None:
+                self._ema.load_state_dict(self._ema_state)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._ema is not None and self.trainer.global_step > self._ema.optimization_step:  # an optimizer step
+            self._ema.step(self.unet.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._ema is not None:
+            checkpoint["ema"] = self._ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._ema_state = checkpoint.get("ema")
 
     def on_fit_end(self) -> None:
+        if self._ema is not None:
+            self._ema.copy_to(self.unet.parameters())
+            self._ema = None
         if self._fit_started is not None:
             self.fit_minutes = (time.perf_counter() - self._fit_started) / 60
         if self.trainer.is_global_zero and self.trainer.global_step > 0:  # e.g. `salun mask` takes no step
