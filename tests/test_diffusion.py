@@ -442,6 +442,13 @@ def test_bad_model_arguments_fail_before_training(originals, tokenizer):
         pixel_model(ema_decay=1.0)
 
 
+def test_the_base_module_names_what_a_conditioning_must_define():
+    from salun_lightning.diffusion.module import DiffusionUnlearningModule
+
+    with pytest.raises(TypeError, match="abstract methods.*denoise.*encode_condition.*image_shape"):
+        DiffusionUnlearningModule(method="train")
+
+
 def test_a_pseudo_class_equal_to_the_forgotten_one_is_refused(originals, tokenizer):
     for kind in ("pixel", "text"):
         model = build(kind, "rl", originals, tokenizer, pseudo="class", pseudo_class="0")

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -134,7 +135,7 @@ def _side(sample_size: Union[int, tuple[int, int], list[int]]) -> int:
     return int(sample_size[0])
 
 
-class DiffusionUnlearningModule(LightningModule):
+class DiffusionUnlearningModule(LightningModule, ABC):
     """Train a conditional diffusion model, or make it forget a class (SPEC section 5); abstract.
 
     Methods: ``train`` (denoising on every image: the original model), ``retrain`` (from fresh weights on the
@@ -259,34 +260,34 @@ class DiffusionUnlearningModule(LightningModule):
         self._ema_state: Optional[dict[str, Any]] = None  # from a checkpoint, loaded at fit start
 
     # ------------------------------------------------------------------------------------------------ conditioning
+    @abstractmethod
     def to_model_space(self, images: Tensor) -> Tensor:
         """Map images in ``[-1, 1]`` to the denoiser's space (``x_0``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def to_image_space(self, x0: Tensor) -> Tensor:
         """Map the denoiser's space back to images in (about) ``[-1, 1]``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode_condition(self, conditions: Conditions) -> Tensor:
         """The denoiser's conditioning tensor for a batch of raw conditions (labels or prompts)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def class_condition(self, classes: Tensor) -> Conditions:
         """The raw conditions naming ``classes``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def null_condition(self, count: int) -> Conditions:
         """``count`` unconditional (null) raw conditions."""
-        raise NotImplementedError
 
+    @abstractmethod
     def denoise(self, x_t: Tensor, timesteps: Tensor, condition: Tensor) -> Tensor:
         """The denoiser's prediction (noise or velocity) for encoded conditions."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the images the model makes and trains on."""
-        raise NotImplementedError
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
