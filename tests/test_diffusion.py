@@ -317,6 +317,24 @@ def test_the_saved_denoiser_is_the_moving_average_of_the_steps(tmp_path):
     assert not torch.allclose(record.steps[-1]["conv_in.weight"], expected["conv_in.weight"])
 
 
+def test_the_moving_average_goes_into_checkpoints_and_comes_back():
+    model = pixel_model(ema_decay=0.9)
+    model.on_fit_start()
+    with torch.no_grad():
+        for param in model.unet.parameters():
+            param.add_(1.0)
+    model._ema.step(model.unet.parameters())
+    model._ema.step(model.unet.parameters())
+    checkpoint: dict = {}
+    model.on_save_checkpoint(checkpoint)
+    resumed = pixel_model(ema_decay=0.9)
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.on_fit_start()
+    assert resumed._ema.optimization_step == 2
+    assert all(torch.equal(a, b) for a, b in zip(resumed._ema.shadow_params, model._ema.shadow_params))
+    assert not all(torch.equal(a, b) for a, b in zip(resumed._ema.shadow_params, resumed.unet.parameters()))
+
+
 def test_v_prediction_trains_against_the_velocity(tmp_path):
     model = pixel_model(scheduler={**SCHEDULER, "prediction_type": "v_prediction"})
     x0, noise, t = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 50, 99])
