@@ -1,0 +1,158 @@
+"""SalUn at Stable Diffusion 1.x scale: mask computation and one unlearning step, on a GPU (random weights).
+
+Builds ``TextToImageDiffusion`` with a UNet of Stable Diffusion 1.x's configuration (``--size sd``, about 860M
+parameters, 64x64x4 latents, 77x768 text states) or a tiny one (``--size tiny``, to check the script on a CPU),
+next to a small VAE and a one-layer CLIP text encoder of the right widths (they only feed the UNet). Then:
+
+1. the saliency pass: gradient of the module's ``saliency_loss`` (guided, w = 7.5) on one forget batch, bf16 autocast;
+2. the threshold: time and peak extra memory of ``saliency_mask`` against the upstream double argsort
+   (``benchmarks/mask_threshold.py``'s reference), on those gradients; both must keep the same count;
+3. unlearning steps with bf16 autocast and gradient checkpointing: ``L_f + alpha * L_r`` on one forget and one
+   retain batch, gradients masked, Adam; the median time of ``--steps`` steps after one warm-up step.
+
+    python benchmarks/sd_unet_salun.py [--size sd] [--batch 8] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from mask_threshold import reference_mask
+from salun_lightning.callbacks import saliency_mask
+from salun_lightning.diffusion import TextToImageDiffusion
+
+UNETS = {
+    "sd": {"sample_size": 64, "cross_attention_dim": 768},  # diffusers' defaults are SD 1.x's otherwise
+    "tiny": {"sample_size": 8, "cross_attention_dim": 32, "block_out_channels": [32, 64],
+             "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "layers_per_block": 1, "norm_num_groups": 8},
+}
+
+
+def write_tokenizer(directory: Path) -> Path:
+    """A byte-level CLIP vocabulary (no merges) with SD's 77-token length."""
+    from transformers import CLIPTokenizer
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
+    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77).save_pretrained(
+        directory)
+    return directory
+
+
+def build(size: str, tokenizer: Path) -> TextToImageDiffusion:
+    unet = {"in_channels": 4, "out_channels": 4, **UNETS[size]}
+    width = unet["cross_attention_dim"]
+    vae = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [32, 32],
+           "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+           "layers_per_block": 1, "norm_num_groups": 8, "sample_size": unet["sample_size"] * 2}
+    text = {"vocab_size": 514, "hidden_size": width, "intermediate_size": width, "num_hidden_layers": 1,
+            "num_attention_heads": 8, "max_position_embeddings": 77, "bos_token_id": 512, "eos_token_id": 513,
+            "pad_token_id": 513}
+    model = TextToImageDiffusion(method="train", unet=unet, vae=vae, text_encoder=text, tokenizer=str(tokenizer),
+                                 alpha=0.5, lr=1e-5, gradient_checkpointing=True)
+    model.class_prompts = [f"an image of class {c}" for c in range(10)]
+    model.num_classes, model.forget_class_index = 10, 0
+    return model
+
+
+def batch(model: TextToImageDiffusion, size: int, forget: bool, device: torch.device) -> dict:
+    channels, side, _ = model.image_shape
+    classes = torch.zeros(size, dtype=torch.long) if forget else torch.randint(1, 10, (size,))
+    return {"image": torch.rand(size, channels, side, side, device=device) * 2 - 1, "class": classes.to(device),
+            "prompt": model.class_condition(classes)}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_extra_mib(device: torch.device, run) -> tuple[float, float, object]:
+    """Seconds and peak extra memory (MiB, CUDA only; NaN elsewhere) of ``run()``."""
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    start = time.perf_counter()
+    result = run()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    extra = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if device.type == "cuda" else float("nan")
+    return seconds, extra, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=list(UNETS), default="sd")
+    parser.add_argument("--batch", type=int, default=8, help="images per forget and per retain batch (paper: 8)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("runs/sd_unet_salun"))
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = build(args.size, write_tokenizer(args.out / "tokenizer")).to(device)
+    model.train()
+    params = dict(model.unet.named_parameters())
+    count = sum(p.numel() for p in params.values())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
+    print(f"device: {name}; torch {torch.__version__}; UNet '{args.size}': {count:,} parameters; batch {args.batch}")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def saliency() -> dict[str, torch.Tensor]:
+        with autocast:
+            loss = model.saliency_loss(batch(model, args.batch, True, device))
+        grads = torch.autograd.grad(loss, list(params.values()))
+        return {n: g.detach().float().abs() for n, g in zip(params, grads)}
+
+    seconds, extra, grads = peak_extra_mib(device, saliency)
+    print(f"saliency pass: {seconds:.2f} s, peak extra {extra:.0f} MiB")
+    rows = {}
+    for label, select in (("saliency_mask", saliency_mask), ("double argsort", reference_mask)):
+        select({"warm-up": torch.rand(1000, device=device)}, 0.5)
+        seconds, extra, mask = peak_extra_mib(device, lambda: select(grads, 0.5))
+        rows[label] = (seconds, extra, sum(int(m.sum()) for m in mask.values()))
+        del mask
+    assert rows["saliency_mask"][2] == rows["double argsort"][2] == count // 2, rows
+    print("| threshold | seconds | peak extra MiB |\n| --- | ---: | ---: |")
+    for label, (seconds, extra, _) in rows.items():
+        print(f"| {label} | {seconds:.3f} | {extra:.0f} |")
+    ours, ref = rows["saliency_mask"], rows["double argsort"]
+    print(f"speed-up {ref[0] / ours[0]:.1f}x; memory ratio {ours[1] / ref[1]:.3f}")
+
+    masks = saliency_mask(grads, 0.5)
+    del grads
+    optimizer = torch.optim.Adam(params.values(), lr=model.hparams.lr)
+
+    def step() -> None:
+        with autocast:
+            forget = model.forget_loss(batch(model, args.batch, True, device))
+            retain = model.denoising_loss(batch(model, args.batch, False, device))
+            loss = forget + model.hparams.alpha * retain
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for n, param in params.items():
+            param.grad.mul_(masks[n])
+        optimizer.step()
+
+    step()  # warm-up: kernels, Adam state
+    times = [peak_extra_mib(device, step)[:2] for _ in range(args.steps)]
+    seconds = statistics.median(t for t, _ in times)
+    print(f"unlearning step (bf16 autocast, gradient checkpointing, masked Adam): median {seconds:.2f} s of "
+          f"{args.steps}; peak extra {max(e for _, e in times):.0f} MiB; "
+          f"peak allocated {torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else float('nan'):.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()
