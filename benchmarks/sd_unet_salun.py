@@ -16,7 +16,6 @@ next to a small VAE and a one-layer CLIP text encoder of the right widths (they 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -28,6 +27,7 @@ from mask_threshold import reference_mask
 from salun_lightning.callbacks import saliency_mask
 from salun_lightning.diffusion import TextToImageDiffusion
 
+TOKENIZER = Path(__file__).resolve().parents[1] / "configs" / "diffusion" / "tiny_clip_tokenizer"
 UNETS = {
     "sd": {"sample_size": 64, "cross_attention_dim": 768},  # diffusers' defaults are SD 1.x's otherwise
     "tiny": {"sample_size": 8, "cross_attention_dim": 32, "block_out_channels": [32, 64],
@@ -36,22 +36,7 @@ UNETS = {
 }
 
 
-def write_tokenizer(directory: Path) -> Path:
-    """A byte-level CLIP vocabulary (no merges) with SD's 77-token length."""
-    from transformers import CLIPTokenizer
-
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    symbols = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
-    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77).save_pretrained(
-        directory)
-    return directory
-
-
-def build(size: str, tokenizer: Path) -> TextToImageDiffusion:
+def build(size: str) -> TextToImageDiffusion:
     unet = {"in_channels": 4, "out_channels": 4, **UNETS[size]}
     width = unet["cross_attention_dim"]
     vae = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [32, 32],
@@ -60,8 +45,9 @@ def build(size: str, tokenizer: Path) -> TextToImageDiffusion:
     text = {"vocab_size": 514, "hidden_size": width, "intermediate_size": width, "num_hidden_layers": 1,
             "num_attention_heads": 8, "max_position_embeddings": 77, "bos_token_id": 512, "eos_token_id": 513,
             "pad_token_id": 513}
-    model = TextToImageDiffusion(method="train", unet=unet, vae=vae, text_encoder=text, tokenizer=str(tokenizer),
+    model = TextToImageDiffusion(method="train", unet=unet, vae=vae, text_encoder=text, tokenizer=str(TOKENIZER),
                                  alpha=0.5, lr=1e-5, gradient_checkpointing=True)
+    model.tokenizer.model_max_length = 77  # Stable Diffusion's prompt length
     model.class_prompts = [f"an image of class {c}" for c in range(10)]
     model.num_classes, model.forget_class_index = 10, 0
     return model
@@ -79,14 +65,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_extra_mib(device: torch.device, run) -> tuple[float, float, object]:
-    """Seconds and peak extra memory (MiB, CUDA only; NaN elsewhere) of ``run()``."""
+def peak_extra_mib(device: torch.device, run, *args) -> tuple[float, float, object]:
+    """Seconds and peak extra memory (MiB, CUDA only; NaN elsewhere) of ``run(*args)``."""
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     start = time.perf_counter()
-    result = run()
+    result = run(*args)
     synchronize(device)
     seconds = time.perf_counter() - start
     extra = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if device.type == "cuda" else float("nan")
@@ -98,11 +84,10 @@ def main() -> None:
     parser.add_argument("--size", choices=list(UNETS), default="sd")
     parser.add_argument("--batch", type=int, default=8, help="images per forget and per retain batch (paper: 8)")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("runs/sd_unet_salun"))
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = build(args.size, write_tokenizer(args.out / "tokenizer")).to(device)
+    model = build(args.size).to(device)
     model.train()
     params = dict(model.unet.named_parameters())
     count = sum(p.numel() for p in params.values())
@@ -121,7 +106,7 @@ def main() -> None:
     rows = {}
     for label, select in (("saliency_mask", saliency_mask), ("double argsort", reference_mask)):
         select({"warm-up": torch.rand(1000, device=device)}, 0.5)
-        seconds, extra, mask = peak_extra_mib(device, lambda: select(grads, 0.5))
+        seconds, extra, mask = peak_extra_mib(device, select, grads, 0.5)
         rows[label] = (seconds, extra, sum(int(m.sum()) for m in mask.values()))
         del mask
     assert rows["saliency_mask"][2] == rows["double argsort"][2] == count // 2, rows
@@ -149,9 +134,9 @@ def main() -> None:
     step()  # warm-up: kernels, Adam state
     times = [peak_extra_mib(device, step)[:2] for _ in range(args.steps)]
     seconds = statistics.median(t for t, _ in times)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     print(f"unlearning step (bf16 autocast, gradient checkpointing, masked Adam): median {seconds:.2f} s of "
-          f"{args.steps}; peak extra {max(e for _, e in times):.0f} MiB; "
-          f"peak allocated {torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else float('nan'):.1f} GiB")
+          f"{args.steps}; peak extra {max(e for _, e in times):.0f} MiB; peak allocated {peak:.1f} GiB")
 
 
 if __name__ == "__main__":
