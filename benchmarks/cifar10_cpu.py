@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from salun_lightning.cli import main as salun
+from salun_lightning.cli import run as salun
 
 ROOT = Path(__file__).resolve().parents[1]
 UNLEARNING = ("salun", "ft", "ga", "rl", "l1_sparse")

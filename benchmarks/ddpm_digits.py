@@ -39,10 +39,10 @@ from torch.nn import functional as F
 from torchvision.utils import save_image
 
 from salun_lightning.cli import SalunCLI
-from salun_lightning.cli import main as salun
+from salun_lightning.cli import run as salun
 from salun_lightning.data.sources import load_digits_data
 from salun_lightning.diffusion import sample_images, to_diffusion_range
-from salun_lightning.diffusion_eval import Judge, evaluate_generations, write_metrics
+from salun_lightning.diffusion.evaluation import Judge, evaluate_generations, write_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "diffusion"
@@ -61,7 +61,6 @@ def generate(config: str, root: Path, per_class: int, steps: int, *extra: str) -
     """Sample ``per_class`` images of every class from the denoiser saved in ``root/unet``, in [-1, 1]."""
     cli = SalunCLI(args=["--config", str(CONFIGS / config), f"--trainer.default_root_dir={root}", *extra], run=False)
     module = cli.model
-    module.bind_data(cli.datamodule)
     module.load_unet(str(root / "unet"))
     classes = torch.arange(module.num_classes).repeat_interleave(per_class)
     images = sample_images(module, module.class_condition(classes), seed=0, steps=steps) * 2 - 1

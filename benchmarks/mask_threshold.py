@@ -14,10 +14,14 @@ import argparse
 import json
 import multiprocessing as mp
 import platform
+import queue as queue_module
+import signal
 import statistics
 import time
 
 import torch
+
+COPIES = {"11M": 1, "100M": 9}  # size name -> how many times the ResNet-18 parameter shapes are repeated
 
 
 def _rss_kib(field: str) -> int:
@@ -46,7 +50,7 @@ def make_saliency(size: str) -> dict[str, torch.Tensor]:
 
     with torch.device("meta"):
         shapes = [(name, p.shape) for name, p in cifar_resnet18(10).named_parameters()]
-    copies = {"11M": 1, "100M": 9}[size]
+    copies = COPIES[size]
     generator = torch.Generator().manual_seed(0)
     return {f"copy{c}.{name}": torch.rand(shape, generator=generator) for c in range(copies) for name, shape in shapes}
 
@@ -74,20 +78,51 @@ def _measure(method: str, size: str, queue) -> None:
     queue.put({"seconds": seconds, "extra_mib": (peak - before) / 1024, "kept": sum(int(m.sum()) for m in masks.values()), "N": total})
 
 
-def measure(method: str, size: str) -> dict:
+def measure(method: str, size: str, poll_seconds: float = 1.0) -> dict:
+    """Run ``_measure`` in a fresh spawned child and return its result.
+
+    Raises:
+        RuntimeError: if the child exits without a result (an exception in it, or killed, e.g. out of memory).
+    """
     context = mp.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_measure, args=(method, size, queue))
     process.start()
-    result = queue.get()
-    process.join()
+    try:
+        while True:
+            alive = process.is_alive()  # checked before the wait, so a result put just before exiting is still read
+            try:
+                result = queue.get(timeout=poll_seconds)
+                break
+            except queue_module.Empty:
+                if not alive:
+                    process.join()
+                    raise RuntimeError(
+                        f"measuring {method} at size {size} failed: the child process exited with code "
+                        f"{_describe_exit(process.exitcode)} without a result (its traceback, if any, is above)"
+                    ) from None
+        process.join()
+    finally:
+        if process.is_alive():  # e.g. Ctrl-C in the parent: do not leave the child running
+            process.kill()
+            process.join()
     return result
+
+
+def _describe_exit(code: int | None) -> str:
+    if code == -signal.SIGKILL:
+        return f"{code} (killed by SIGKILL, likely out of memory)"
+    if code is not None and code < 0:
+        return f"{code} (killed by {signal.Signals(-code).name})"
+    return str(code)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sizes", nargs="+", default=["11M", "100M"])
+    parser.add_argument(
+        "--sizes", nargs="+", default=list(COPIES), choices=list(COPIES), help="parameter counts to measure"
+    )
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {mp.cpu_count()} CPUs, torch {torch.__version__}, {args.repeats} repeats")
     print("| size | N | saliency_mask s | argsort s | speed-up | saliency_mask extra MiB | argsort extra MiB | memory ratio |")

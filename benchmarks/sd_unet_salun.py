@@ -46,10 +46,10 @@ def build(size: str) -> TextToImageDiffusion:
             "num_attention_heads": 8, "max_position_embeddings": 77, "bos_token_id": 512, "eos_token_id": 513,
             "pad_token_id": 513}
     model = TextToImageDiffusion(method="train", unet=unet, vae=vae, text_encoder=text, tokenizer=str(TOKENIZER),
-                                 alpha=0.5, lr=1e-5, gradient_checkpointing=True)
+                                 alpha=0.5, lr=1e-5, gradient_checkpointing=True, forget_class=0,
+                                 class_names=[str(c) for c in range(10)],
+                                 class_prompts=[f"an image of class {c}" for c in range(10)])
     model.tokenizer.model_max_length = 77  # Stable Diffusion's prompt length
-    model.class_prompts = [f"an image of class {c}" for c in range(10)]
-    model.num_classes, model.forget_class_index = 10, 0
     return model
 
 

@@ -34,9 +34,9 @@ from torchvision import datasets, transforms
 
 from salun_lightning import ClassifierUnlearningModule, UnlearningDataModule
 from salun_lightning.callbacks import WeightSaliencyCallback, load_mask
-from salun_lightning.classifier import load_weights, random_other_labels, save_weights
 from salun_lightning.data.sources import KNOWN_DATASETS
-from salun_lightning.models import build_classifier
+from salun_lightning.labels import random_other_labels
+from salun_lightning.models import build_classifier, load_weights, save_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cifar_subset import build_subset  # noqa: E402
@@ -56,9 +56,10 @@ class EpochTimer(pl.Callback):
 
 
 def module_epoch(subset: Path, weights: Path, mask: Path, cache: Path, model: str) -> tuple[int, float]:
+    module = ClassifierUnlearningModule("salun", model=model, num_classes=10, in_channels=3,
+                                        original_weights=str(weights), mask_path=str(mask))
     data = UnlearningDataModule("image_folder", data_path=str(subset), cache_dir=str(cache), forget_fraction=0.1,
-                                batch_size=BATCH, seed=0)
-    module = ClassifierUnlearningModule("salun", model=model, original_weights=str(weights), mask_path=str(mask))
+                                batch_size=BATCH, seed=0, stream=module.train_stream)
     timer = EpochTimer()
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
@@ -115,10 +116,11 @@ def main() -> None:
         weights, mask = Path(tmp) / "model.safetensors", Path(tmp) / "mask.safetensors"
         torch.manual_seed(0)
         save_weights(build_classifier(args.model, 10), weights)
+        module = ClassifierUnlearningModule("salun", model=args.model, num_classes=10, in_channels=3,
+                                            original_weights=str(weights))
         data = UnlearningDataModule("image_folder", data_path=str(subset), cache_dir=str(cache), forget_fraction=0.1,
-                                    batch_size=BATCH, seed=0)
+                                    batch_size=BATCH, seed=0, stream=module.train_stream)
         saliency = WeightSaliencyCallback(save_mask_path=str(mask))
-        module = ClassifierUnlearningModule("salun", model=args.model, original_weights=str(weights))
         module.configure_callbacks = lambda: [saliency]
         trainer = pl.Trainer(accelerator="cpu", max_steps=0, logger=False, enable_progress_bar=False,
                              enable_model_summary=False, default_root_dir=str(args.out))

@@ -8,18 +8,22 @@ The mask keeps the ``ratio`` fraction of weights with the largest gradient magni
 ``freeze_non_salient``, the non-salient elements are restored to their starting values after every real optimizer
 step and their optimizer-state entries zeroed, so that they stay bitwise equal to their starting values under
 momentum, weight decay, AdamW, gradient accumulation, clipping and mixed precision (SPEC section 2).
+
+Mask files record their provenance: the forget set's identity, the ratio and a hash of the starting weights. A
+loaded mask is checked against the run before anything is trained, and a mask file written by the upstream SalUn
+code (a ``torch.save``d dict keyed by the bare network's names) loads through a single prefix mapping of its names.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
-import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Optional
 
@@ -48,6 +52,9 @@ _NO_FORGET_DATA = (
     "WeightSaliencyCallback needs forget data: pass WeightSaliencyCallback(forget_dataloader=...) or give the "
     "Trainer a LightningDataModule with a forget_dataloader() method (or load a mask with mask_path=...)."
 )
+_MASK_PREFIXES = ("", "module.", "net.", "model.", "unet.")  # name prefixes a mask file may differ by
+_PROVENANCE_KEYS = ("forget_set", "forget_set_description", "ratio", "parameter_hash")
+_CHECKED_KEYS = {"forget_set": "forget set", "ratio": "ratio", "parameter_hash": "starting weights (parameter_hash)"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,10 +196,53 @@ def parameter_signature(shapes: Mapping[str, Sequence[int]]) -> str:
     return digest.hexdigest()
 
 
+def parameter_hash(parameters: Mapping[str, Tensor]) -> str:
+    """A sha256 over parameter names and values, in mapping order: identifies the weights a mask was computed from.
+
+    Each entry contributes its UTF-8 name, then its tensor as :func:`batches_hash` does (dtype and shape as text,
+    then the bytes of the CPU contiguous tensor).
+    """
+    digest = hashlib.sha256()
+    for name, value in parameters.items():
+        digest.update(name.encode())
+        _hash_tensor(digest, value)
+    return digest.hexdigest()
+
+
+def batches_hash(batches: Iterable[Any]) -> str:
+    """``"batches-sha256:"`` and a sha256 over every tensor of every batch: identifies a forget set by its data.
+
+    Tensors are taken in loader order, recursively through dicts (in key order), lists and tuples; other values are
+    skipped. Each contributes its dtype and shape as text (``"torch.float32(8, 12)"``), then the bytes of the CPU
+    contiguous tensor. An unshuffled loader gives a stable identity.
+    """
+    digest = hashlib.sha256()
+    for batch in batches:
+        for tensor in _tensors(batch):
+            _hash_tensor(digest, tensor)
+    return "batches-sha256:" + digest.hexdigest()
+
+
+def _tensors(batch: Any) -> Iterator[Tensor]:
+    if isinstance(batch, Tensor):
+        yield batch
+    elif isinstance(batch, (Mapping, list, tuple)):
+        for value in batch.values() if isinstance(batch, Mapping) else batch:
+            yield from _tensors(value)
+
+
+def _hash_tensor(digest: Any, tensor: Tensor) -> None:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(flat.view(torch.uint8).numpy())
+
+
 def save_mask(path: str | os.PathLike, mask: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
     """Write ``mask`` to ``path`` as safetensors (one bool tensor per parameter), atomically.
 
     ``metadata`` values are stored as strings next to the total ``N``, kept ``k`` and the parameter signature.
+    The callback's metadata records the mask's provenance: ``forget_set`` (the forget set's id),
+    ``forget_set_description`` (when known), ``ratio`` and ``parameter_hash`` (of the starting weights).
     """
     from safetensors.torch import save_file
 
@@ -230,7 +280,7 @@ def load_mask(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a mask in either format.
+        ValueError: the file is not a mask in either format, or is a damaged (e.g. truncated) safetensors file.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -243,11 +293,16 @@ def load_mask(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str
         with safe_open(path, framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError):
+    except (SafetensorError, OSError, ValueError) as safetensors_error:
         metadata = {}
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # weights_only refuses code-running pickles with several exception types
+            if _has_safetensors_header(path):
+                raise ValueError(
+                    f"{path!r} is not a mask file: it is a damaged safetensors file ({safetensors_error}); it may "
+                    "be truncated or still being written: write it again."
+                ) from None
             raise ValueError(
                 f"{path!r} is not a mask file: it is neither safetensors nor a torch-saved dict of tensors "
                 f"loadable with weights_only=True ({type(error).__name__}: {str(error).splitlines()[0]})."
@@ -267,6 +322,16 @@ def load_mask(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str
             value = value.to(torch.bool)
         mask[name] = value
     return mask, metadata
+
+
+def _has_safetensors_header(path: str) -> bool:
+    """Whether the file starts like safetensors: an 8-byte little-endian header size, then a JSON object."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(9)
+    except OSError:
+        return False
+    return len(start) == 9 and start[8:] == b"{" and int.from_bytes(start[:8], "little") > 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -321,27 +386,60 @@ class WeightSaliencyCallback(Callback):
         forget_dataloader: the forget data. Default: ``trainer.datamodule.forget_dataloader()``.
         loss_fn: ``loss_fn(pl_module, batch) -> scalar``, a batch-mean loss. Default: ``pl_module.saliency_loss(batch)``
             if the module has it, else the loss returned by ``pl_module.training_step(batch, batch_idx)``.
+            With manual optimization, give ``loss_fn`` or ``saliency_loss``: ``training_step`` would step the optimizer.
         mask_path: load the mask from this file (safetensors written by ``save_mask_path``, or the upstream
-            format) instead of computing it.
-        save_mask_path: write the mask here (safetensors with metadata) once it is known.
+            format) instead of computing it. Its recorded provenance must match the run: the forget set (when the
+            run has forget data), ``ratio`` and the starting weights' hash; a file without provenance (upstream)
+            is used with a warning. Names that differ from the selected parameters' by one prefix change (removing
+            and adding one of ``""``, ``"module."``, ``"net."``, ``"model."``, ``"unet."``) are mapped.
+        save_mask_path: write the mask here (safetensors) once it is known, with its provenance: ``forget_set``
+            (``trainer.datamodule.forget_set_id`` when the forget data comes from a data module that has one, else
+            :func:`batches_hash` of the unsharded forget loader), ``forget_set_description`` (from the data module,
+            when it has one), ``ratio``, ``parameter_hash`` (:func:`parameter_hash` of the selected starting weights).
         freeze_non_salient: restore non-salient weights and zero their optimizer state after each step.
-        parameters: regular expressions (``re.search``) selecting the parameter names to rank; every other
-            trainable parameter is treated as non-salient. Default: all trainable parameters.
+        parameters: regular expressions (``re.search``) selecting the parameters to rank; a parameter is selected
+            when any of its names matches (tied parameters have several), and its mask is keyed by its first name.
+            Every other trainable parameter is treated as non-salient. Default: all trainable parameters.
         batch_size_fn: ``batch_size_fn(batch) -> int``, the number of samples in a forget batch (each batch's mean
             loss is weighted by it). Default: Lightning's ``extract_batch_size`` (the first tensor's length).
+        allow_mask_mismatch: use a ``mask_path`` file whose provenance differs from the run, with a warning naming
+            the differences, instead of raising.
 
     Raises:
-        ValueError: ``ratio`` outside ``(0, 1]`` or an invalid regular expression.
+        ValueError: ``ratio`` outside ``(0, 1]`` or an invalid regular expression; at the start of fit, a
+            ``mask_path`` file that is not a readable mask, does not fit the selected parameters, or was made for
+            another forget set, ratio or starting weights (without ``allow_mask_mismatch``).
+        FileNotFoundError: at the start of fit, no file at ``mask_path``.
+        MisconfigurationException: in ``setup``, an unsupported strategy, no forget data, or manual optimization
+            without ``loss_fn`` or ``saliency_loss`` (and no ``mask_path``).
 
     Example::
 
-        import lightning.pytorch as pl
-        from salun_lightning.callbacks import WeightSaliencyCallback
-
-        saliency = WeightSaliencyCallback(ratio=0.5, forget_dataloader=forget_loader)
-        trainer = pl.Trainer(max_epochs=10, callbacks=[saliency])
-        trainer.fit(model, retain_loader)  # only the salient half of the weights moves
-        saliency.mask["layer.weight"]  # bool tensor, True where the weight was trained
+        >>> import lightning.pytorch as pl
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from salun_lightning.callbacks import WeightSaliencyCallback
+        >>> class Model(pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.layer = torch.nn.Linear(4, 3)
+        ...     def training_step(self, batch, batch_idx):
+        ...         inputs, labels = batch
+        ...         return torch.nn.functional.cross_entropy(self.layer(inputs), labels)
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> forget_loader = DataLoader(TensorDataset(torch.randn(8, 4), torch.zeros(8, dtype=torch.long)), batch_size=4)
+        >>> retain_loader = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(1, 3, (16,))), batch_size=4)
+        >>> model = Model()
+        >>> start = model.layer.weight.detach().clone()
+        >>> saliency = WeightSaliencyCallback(ratio=0.5, forget_dataloader=forget_loader)
+        >>> trainer = pl.Trainer(max_epochs=10, callbacks=[saliency], logger=False, enable_checkpointing=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(model, retain_loader)  # only the salient half of the weights moves
+        >>> mask = saliency.mask["layer.weight"]  # bool tensor, True where the weight was trained
+        >>> mask.dtype, sum(int(m.sum()) for m in saliency.mask.values())  # half of the 12 weights and 3 biases
+        (torch.bool, 7)
+        >>> bool((model.layer.weight.detach() != start)[~mask].any())  # the others never moved
+        False
     """
 
     def __init__(
@@ -354,6 +452,7 @@ class WeightSaliencyCallback(Callback):
         freeze_non_salient: bool = True,
         parameters: Optional[Sequence[str]] = None,
         batch_size_fn: Optional[Callable[[Any], int]] = None,
+        allow_mask_mismatch: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
@@ -374,10 +473,12 @@ class WeightSaliencyCallback(Callback):
         self.freeze_non_salient = freeze_non_salient
         self.parameters = list(parameters) if parameters is not None else None
         self.batch_size_fn = batch_size_fn
+        self.allow_mask_mismatch = allow_mask_mismatch
         self._patterns = patterns
         self.mask: dict[str, Tensor] = {}
         self.saliency_stats: dict[str, Any] = {}
         self._restored_mask: Optional[dict[str, Tensor]] = None
+        self._provenance: dict[str, str] = {}  # the mask's provenance entries, written to mask files
         # (parameter, mask, starting values with the salient elements zeroed): parameters with some salient elements
         self._partial: list[tuple[Tensor, Tensor, Optional[Tensor]]] = []
         self._frozen: list[Tensor] = []  # parameters with no salient element
@@ -399,6 +500,13 @@ class WeightSaliencyCallback(Callback):
             )
         if self.mask_path is None and trainer.ckpt_path is None and not self._has_forget_data(trainer):
             raise MisconfigurationException(_NO_FORGET_DATA)
+        has_loss = self.loss_fn is not None or callable(getattr(pl_module, "saliency_loss", None))
+        if not (pl_module.automatic_optimization or has_loss or self.mask_path is not None):
+            raise MisconfigurationException(
+                f"{type(pl_module).__name__} uses manual optimization, so WeightSaliencyCallback cannot use its "
+                "training_step as the saliency loss (it would step the optimizer on forget data): pass "
+                "WeightSaliencyCallback(loss_fn=...) or define saliency_loss(batch) on the module."
+            )
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         selected = self._selected_parameters(pl_module)
@@ -406,21 +514,16 @@ class WeightSaliencyCallback(Callback):
             mask, source = self._restored_mask, "checkpoint"
             self._check_mask_matches(mask, selected, source)
         elif self.mask_path is not None:
-            mask, metadata = load_mask(self.mask_path)
-            source = f"file {self.mask_path}"
-            self._check_mask_matches(mask, selected, source)
-            file_ratio = metadata.get("ratio")
-            if file_ratio is not None and not math.isclose(float(file_ratio), self.ratio):
-                rank_zero_warn(f"mask file {self.mask_path} was made with ratio={file_ratio}, not {self.ratio}.")
+            mask, source = self._load_checked_mask(trainer, selected), f"mask_path {self.mask_path!r}"
         else:
-            saliency = self.compute_saliency(trainer, pl_module, selected)
-            mask, source = saliency_mask(saliency, self.ratio), "forget set"
-            del saliency
+            mask, source = saliency_mask(self.compute_saliency(trainer, pl_module, selected), self.ratio), "forget set"
+            keys = _PROVENANCE_KEYS if self._saving(trainer) else ()  # hashes only for a mask file
+            self._provenance = self._run_provenance(trainer, selected, keys)
         self.mask = {name: mask[name].to(param.device, torch.bool) for name, param in selected.items()}
         self._restored_mask = None
         self._prepare_masking(pl_module)
         self._record_stats(trainer, pl_module, source)
-        if self.save_mask_path is not None and trainer.is_global_zero:
+        if self._saving(trainer):
             save_mask(self.save_mask_path, self.mask, self._file_metadata(pl_module))
         trainer.strategy.barrier("weight_saliency_mask")
         if self.freeze_non_salient:
@@ -451,11 +554,13 @@ class WeightSaliencyCallback(Callback):
         self._remove_hooks()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mask": {name: m.detach().cpu() for name, m in self.mask.items()}, "ratio": self.ratio}
+        mask = {name: m.detach().cpu() for name, m in self.mask.items()}
+        return {"mask": mask, "ratio": self.ratio, "provenance": dict(self._provenance)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("mask"):
             self._restored_mask = dict(state_dict["mask"])
+            self._provenance = dict(state_dict.get("provenance", {"ratio": str(state_dict["ratio"])}))
 
     # ------------------------------------------------------------------------------------------------ saliency
     def compute_saliency(
@@ -547,12 +652,20 @@ class WeightSaliencyCallback(Callback):
 
     # ------------------------------------------------------------------------------------------------ masking
     def _selected_parameters(self, pl_module: LightningModule) -> dict[str, torch.nn.Parameter]:
-        trainable = {name: p for name, p in pl_module.named_parameters() if p.requires_grad}
+        """Trainable parameters by first name; selected when any of their names (tied ones have several) matches."""
+        aliases: dict[int, list[str]] = {}
+        trainable: dict[str, torch.nn.Parameter] = {}
+        for name, param in pl_module.named_parameters(remove_duplicate=False):
+            if param.requires_grad:
+                aliases.setdefault(id(param), []).append(name)
+                trainable.setdefault(aliases[id(param)][0], param)
         if not trainable:
             raise MisconfigurationException("the module has no trainable parameters to rank.")
         if not self._patterns:
             return trainable
-        selected = {n: p for n, p in trainable.items() if any(pattern.search(n) for pattern in self._patterns)}
+        selected = {
+            n: p for n, p in trainable.items() if any(pt.search(a) for a in aliases[id(p)] for pt in self._patterns)
+        }
         if not selected:
             examples = ", ".join(list(trainable)[:5])
             raise MisconfigurationException(
@@ -564,21 +677,40 @@ class WeightSaliencyCallback(Callback):
     def _check_mask_matches(
         self, mask: Mapping[str, Tensor], selected: Mapping[str, torch.nn.Parameter], source: str
     ) -> None:
-        missing = [n for n in selected if n not in mask]
-        unexpected = [n for n in mask if n not in selected]
-        wrong_shape = [
-            f"{n} (mask {tuple(mask[n].shape)}, parameter {tuple(p.shape)})"
-            for n, p in selected.items()
-            if n in mask and mask[n].shape != p.shape
-        ]
-        if not (missing or unexpected or wrong_shape):
-            return
-        lines = [f"the mask from {source} does not match the model's selected parameters:"]
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-            if names:
-                lines.append(f"  {len(names)} {label}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}")
-        lines.append("Compute the mask for this model (or check the `parameters` filter).")
-        raise ValueError("\n".join(lines))
+        if _mismatches(mask, selected):
+            raise _mismatch_error(mask, selected, source)
+
+    def _load_checked_mask(self, trainer: Trainer, selected: Mapping[str, torch.nn.Parameter]) -> dict[str, Tensor]:
+        """The ``mask_path`` file's mask keyed by the selected names, after checking its provenance."""
+        try:
+            mask, metadata = load_mask(self.mask_path)
+        except (FileNotFoundError, ValueError) as error:
+            raise type(error)(f"mask_path: {error}") from None
+        mask = self._match_file_names(mask, selected)
+        self._check_provenance(trainer, selected, metadata)
+        self._provenance = {key: metadata[key] for key in _PROVENANCE_KEYS if key in metadata}
+        return mask
+
+    def _match_file_names(
+        self, mask: Mapping[str, Tensor], selected: Mapping[str, torch.nn.Parameter]
+    ) -> dict[str, Tensor]:
+        """The mask as is when its names are the selected ones, else through the one prefix mapping that fits."""
+        source = f"mask_path {self.mask_path!r}"
+        if not _mismatches(mask, selected):
+            return dict(mask)
+        fits: dict[tuple[str, ...], tuple[str, str, dict[str, Tensor]]] = {}
+        for strip, add in itertools.product(_MASK_PREFIXES, repeat=2):
+            if all(name.startswith(strip) for name in mask):
+                renamed = {add + name[len(strip) :]: value for name, value in mask.items()}
+                if not _mismatches(renamed, selected):
+                    fits.setdefault(tuple(renamed), (strip, add, renamed))  # one entry per distinct assignment
+        if len(fits) != 1:
+            prefixes = ", ".join(repr(prefix) for prefix in _MASK_PREFIXES)
+            note = f"No single prefix mapping fits either (removing, then adding, one of {prefixes} on every name)."
+            raise _mismatch_error(mask, selected, source, note)
+        ((strip, add, renamed),) = fits.values()
+        rank_zero_info(f"WeightSaliency: {source}: mask names mapped: removed {strip!r}, added {add!r}.")
+        return renamed
 
     def _prepare_masking(self, pl_module: LightningModule) -> None:
         params = {name: p for name, p in pl_module.named_parameters() if p.requires_grad}
@@ -642,11 +774,117 @@ class WeightSaliencyCallback(Callback):
     def _file_metadata(self, pl_module: LightningModule) -> dict[str, Any]:
         _, loss_name = self._resolve_loss(pl_module)
         return {
-            "ratio": self.ratio,
+            **self._provenance,
             "loss": loss_name if self.mask_path is None else f"loaded from {self.mask_path}",
             "model_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
             "parameters": ",".join(self.parameters or []),
         }
+
+    # ------------------------------------------------------------------------------------------------ provenance
+    def _saving(self, trainer: Trainer) -> bool:
+        return self.save_mask_path is not None and trainer.is_global_zero
+
+    def _forget_set(self, trainer: Trainer) -> Optional[tuple[str, Optional[str]]]:
+        """``(id, description)`` of the run's forget data, or None when it has none.
+
+        The id is the data module's ``forget_set_id`` when the forget data comes from a data module that has one,
+        else :func:`batches_hash` of the unsharded forget loader, the same on any number of processes.
+        """
+        datamodule = trainer.datamodule if self.forget_dataloader is None else None
+        identity = getattr(datamodule, "forget_set_id", None)
+        description = getattr(datamodule, "forget_set_description", None)
+        description = description if isinstance(description, str) else None
+        if isinstance(identity, str):
+            return identity, description
+        if not self._has_forget_data(trainer):
+            return None
+        return batches_hash(self._resolve_forget_dataloader(trainer)), description
+
+    def _run_provenance(
+        self, trainer: Trainer, selected: Mapping[str, torch.nn.Parameter], keys: Collection[str]
+    ) -> dict[str, str]:
+        """This run's ratio, and its forget set and starting weights' hash when ``keys`` ask for them."""
+        provenance = {"ratio": str(self.ratio)}
+        forget = self._forget_set(trainer) if "forget_set" in keys else None
+        if forget is not None:
+            provenance["forget_set"] = forget[0]
+            if forget[1] is not None:
+                provenance["forget_set_description"] = forget[1]
+        if "parameter_hash" in keys:
+            provenance["parameter_hash"] = parameter_hash(selected)
+        return provenance
+
+    def _check_provenance(
+        self, trainer: Trainer, selected: Mapping[str, torch.nn.Parameter], metadata: Mapping[str, str]
+    ) -> None:
+        """Raise (or, with ``allow_mask_mismatch``, warn) when the ``mask_path`` file was made for another run."""
+        differences = self._provenance_differences(trainer, selected, metadata)
+        header = f"mask_path {self.mask_path!r} was made for another run"
+        if differences and self.allow_mask_mismatch:
+            rank_zero_warn("\n".join([f"{header}; using it anyway (allow_mask_mismatch=True):", *differences]))
+        elif differences:
+            fix = (
+                "Recompute the mask for this run (`salun mask --out FILE`, or save_mask_path=...), or pass "
+                "allow_mask_mismatch=True to use this mask on purpose."
+            )
+            raise ValueError("\n".join([f"{header}:", *differences, fix]))
+
+    def _provenance_differences(
+        self, trainer: Trainer, selected: Mapping[str, torch.nn.Parameter], metadata: Mapping[str, str]
+    ) -> list[str]:
+        """Lines naming what differs between the file's recorded provenance and this run's (both values)."""
+        unknown = [key for key in _CHECKED_KEYS if key not in metadata]
+        if unknown:
+            rank_zero_warn(
+                f"mask_path {self.mask_path!r} records no {', '.join(unknown)} (an upstream SalUn mask or an older "
+                "file): its provenance is unknown, so it cannot be checked against this run on these points."
+            )
+        run = self._run_provenance(trainer, selected, metadata)
+        if "forget_set" in metadata and "forget_set" not in run:
+            rank_zero_info(
+                f"WeightSaliency: this run has no forget data, so the forget set of mask_path {self.mask_path!r} "
+                f"({metadata['forget_set']}) is not checked."
+            )
+        return [
+            f"  {label}: file {_described(metadata, key)}, this run {_described(run, key)}"
+            for key, label in _CHECKED_KEYS.items()
+            if key in metadata and key in run and not _same_value(key, metadata[key], run[key])
+        ]
+
+
+def _mismatches(mask: Mapping[str, Tensor], selected: Mapping[str, Tensor]) -> list[str]:
+    """Lines naming the selected parameters missing from the mask, the mask's unexpected names, and wrong shapes."""
+    missing = [n for n in selected if n not in mask]
+    unexpected = [n for n in mask if n not in selected]
+    wrong_shape = [
+        f"{n} (mask {tuple(mask[n].shape)}, parameter {tuple(p.shape)})"
+        for n, p in selected.items()
+        if n in mask and mask[n].shape != p.shape
+    ]
+    return [
+        f"  {len(names)} {label}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
+        if names
+    ]
+
+
+def _mismatch_error(mask: Mapping[str, Tensor], selected: Mapping[str, Tensor], source: str, *notes: str) -> ValueError:
+    header = f"the mask from {source} does not match the model's selected parameters:"
+    fix = "Compute the mask for this model (or check the `parameters` filter)."
+    return ValueError("\n".join([header, *_mismatches(mask, selected), *notes, fix]))
+
+
+def _described(provenance: Mapping[str, str], key: str) -> str:
+    """A provenance value, with the forget set's description when known."""
+    description = provenance.get("forget_set_description") if key == "forget_set" else None
+    return provenance[key] + (f" ({description})" if description else "")
+
+
+def _same_value(key: str, recorded: str, current: str) -> bool:
+    if key == "ratio":
+        with contextlib.suppress(ValueError):
+            return float(recorded) == float(current)
+    return recorded == current
 
 
 _INTEGER_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

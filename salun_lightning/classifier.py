@@ -1,21 +1,27 @@
 """One LightningModule for every classifier unlearning method: the method picks the loss and the data stream.
 
+Data flow one way: the data module's class count and image channels are constructor arguments of the model, and
+the model's method names the training stream the data module must serve (``train_stream``); the ``salun`` command
+line links both. Test batches say which split they come from (``batch["split"]``).
+
 Example::
 
-    from lightning.pytorch import Trainer
-    from salun_lightning.classifier import ClassifierUnlearningModule
-    from salun_lightning.data import UnlearningDataModule
-
-    data = UnlearningDataModule("digits", forget_fraction=0.1)
-    model = ClassifierUnlearningModule("salun", model="small_resnet", original_weights="runs/train/model.safetensors")
-    trainer = Trainer(max_epochs=10, default_root_dir="runs/salun")
-    trainer.fit(model, data)   # adds the WeightSaliencyCallback itself
-    trainer.test(model, data)  # UA, RA, TA, MIA-Efficacy, RTE -> runs/salun/metrics.json
+    >>> import tempfile
+    >>> from lightning.pytorch import Trainer
+    >>> from salun_lightning.data import UnlearningDataModule
+    >>> run = tempfile.mkdtemp()
+    >>> model = ClassifierUnlearningModule("train", model="small_resnet", num_classes=10, in_channels=1)
+    >>> data = UnlearningDataModule("digits", forget_fraction=0.1, stream=model.train_stream)
+    >>> trainer = Trainer(max_steps=2, default_root_dir=run, logger=False, enable_progress_bar=False,
+    ...                   enable_checkpointing=False, enable_model_summary=False, limit_test_batches=1)
+    >>> trainer.fit(model, data)  # writes <run>/model.safetensors; salun also adds the WeightSaliencyCallback
+    >>> _ = trainer.test(model, data, verbose=False)  # UA, RA, TA, MIA-Efficacy, RTE -> <run>/metrics.json
+    >>> sorted(p.name for p in Path(run).iterdir())
+    ['forget_indices.json', 'forget_set.json', 'metrics.json', 'model.safetensors']
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +35,15 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from salun_lightning.callbacks import WeightSaliencyCallback
-from salun_lightning.files import write_atomically, write_json
+from salun_lightning.files import write_json
+from salun_lightning.labels import random_other_labels
 from salun_lightning.metrics import MIAEfficacy
-from salun_lightning.models import build_classifier
+from salun_lightning.models import build_classifier, load_weights, save_weights
+from salun_lightning.runs import METRICS_FILENAME, MODEL_FILENAME, begin_run, finish_run, run_directory_of
 
 Method = Literal["train", "retrain", "ft", "ga", "rl", "l1_sparse", "salun"]
-METRICS_FILENAME = "metrics.json"
+MODEL_FORMAT = "salun-lightning/classifier"
+TEST_SPLITS = ("forget", "retain", "test", "test_forgotten_class")
 
 
 @dataclass(frozen=True)
@@ -59,12 +68,6 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
-def random_other_labels(labels: Tensor, num_classes: int) -> Tensor:
-    """Uniformly random labels that always differ from the true ones (the rl / salun forget targets)."""
-    offsets = torch.randint(1, num_classes, labels.shape, device=labels.device)
-    return (labels + offsets) % num_classes
-
-
 class ClassifierUnlearningModule(LightningModule):
     """Train an image classifier, or unlearn part of its training data with one of SPEC section 3's methods.
 
@@ -72,17 +75,22 @@ class ClassifierUnlearningModule(LightningModule):
     unlearning), ``ft`` (fine-tune on D_r), ``ga`` (gradient ascent on D_f), ``rl`` (random labels on D_f plus
     D_r), ``l1_sparse`` (``ft`` plus an L1 penalty whose weight decays linearly to 0) and ``salun`` (``rl`` under the
     WeightSaliencyCallback, added by :meth:`configure_callbacks`). Batches are the dicts of
-    :class:`~salun_lightning.data.UnlearningDataModule` (``image``, ``label``, ``is_forget``).
+    :class:`~salun_lightning.data.UnlearningDataModule` (``image``, ``label``, ``is_forget``; test batches also
+    ``split``), whose ``stream`` must be this module's :attr:`train_stream`.
 
-    The test stage reports UA = 100 - forget accuracy, RA = retain accuracy, TA = test accuracy (remaining classes
-    for class-wise forgetting), MIA-Efficacy and RTE (minutes of the fit), and writes them to
-    ``<trainer.default_root_dir>/metrics.json``.
+    A fit marks its run directory (``trainer.default_root_dir``) incomplete, and at its end writes the network it
+    produced to ``model.safetensors`` there (with ``method``, ``model``, ``num_classes``, ``in_channels`` and
+    ``fit_minutes`` as metadata) and clears the mark (:mod:`salun_lightning.runs`). The test stage reports UA = 100 -
+    forget accuracy, RA = retain accuracy, TA = test accuracy (remaining classes for class-wise forgetting),
+    MIA-Efficacy and RTE (minutes of the fit) and writes them to ``metrics.json`` in the directory of the model it
+    tested: the checkpoint's run (``trainer.test(ckpt_path=...)``), the file given to :meth:`load_model`, else the
+    run directory of the fit.
 
     Args:
         method: the training or unlearning method.
         model: classifier name for :func:`~salun_lightning.models.build_classifier`.
-        num_classes: number of classes; default: the datamodule's.
-        in_channels: image channels; default: the datamodule's.
+        num_classes: number of classes of the data (the ``salun`` CLI links the data module's).
+        in_channels: channels of the data's images (the ``salun`` CLI links the data module's).
         original_weights: the original model (Lightning checkpoint, safetensors or ``torch.save``d state dict,
             loaded strictly with ``weights_only=True``); required by every method that starts from it.
         optimizer: ``sgd`` (momentum, the paper) or ``adamw``.
@@ -99,8 +107,12 @@ class ClassifierUnlearningModule(LightningModule):
         channels_last: use the channels-last memory format (faster convolutions on GPUs).
 
     Raises:
-        ValueError: an unknown method, missing or superfluous ``original_weights``, or invalid hyper-parameters.
+        ValueError: an unknown method, missing or superfluous ``original_weights``, no ``num_classes`` or
+            ``in_channels``, or invalid hyper-parameters.
+        FileNotFoundError: ``original_weights`` does not exist.
     """
+
+    methods = METHODS  # method name -> MethodSpec (its training stream, loss, ...)
 
     def __init__(
         self,
@@ -139,42 +151,51 @@ class ClassifierUnlearningModule(LightningModule):
             raise ValueError(f"saliency_ratio must be in (0, 1], got {saliency_ratio}.")
         if (mask_path or save_mask_path) and not spec.saliency:
             raise ValueError(f"mask_path and save_mask_path belong to method 'salun', not {method!r}.")
+        if num_classes is None or in_channels is None:
+            raise ValueError(
+                "num_classes and in_channels are required: give the data's class count and image channels (the salun "
+                "command line links them from the data module, e.g. UnlearningDataModule.num_classes)."
+            )
         self.save_hyperparameters()
         self.spec = spec
-        self.net: Optional[nn.Module] = None
+        self.num_classes = num_classes
+        self.net = build_classifier(model, num_classes, in_channels)
         self.fit_minutes: Optional[float] = None
+        self.model_path: Optional[str] = None  # the saved model given to load_model, if any
         self._fit_started: Optional[float] = None
-        if num_classes is not None and in_channels is not None:
-            self._build(num_classes, in_channels)
+        if original_weights is not None:
+            load_weights(self.net, original_weights, "original_weights")
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.test_accuracy = nn.ModuleDict(
+            {name: MulticlassAccuracy(num_classes, average="micro") for name in TEST_SPLITS}
+        )
+        self.mia = MIAEfficacy(seed=mia_seed)
 
     @property
     def train_stream(self) -> str:
-        """The training stream the datamodule should serve for this method."""
+        """The training stream the data module must serve for this module's method."""
         return self.spec.stream
 
     # ------------------------------------------------------------------------------------------------ model
-    def configure_model(self) -> None:
-        """Build the network now if ``num_classes``/``in_channels`` had to come from the datamodule."""
-        if self.net is not None:
-            return
-        hp = self.hparams
-        data = self.trainer.datamodule if self._trainer is not None else None
-        num_classes = hp.num_classes or getattr(data, "num_classes", None)
-        in_channels = hp.in_channels or (data.image_shape[0] if data is not None else None)
-        if num_classes is None or in_channels is None:
-            raise ValueError("set num_classes and in_channels, or fit with a datamodule that provides them.")
-        self._build(num_classes, in_channels)
+    def load_model(self, path: str) -> None:
+        """Load a saved network (``model.safetensors`` of a run, or a checkpoint) to test it; the test writes its
+        metrics into that run's directory.
 
-    def _build(self, num_classes: int, in_channels: int) -> None:
-        hp = self.hparams
-        self.net = build_classifier(hp.model, num_classes, in_channels)
-        self.num_classes = num_classes
-        if hp.original_weights is not None:
-            load_weights(self.net, hp.original_weights)
-        if hp.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.test_accuracy = nn.ModuleDict()
-        self.mia = MIAEfficacy(seed=hp.mia_seed)
+        Raises:
+            FileNotFoundError, ValueError: no such file, an unreadable one, one that does not fit the network, or
+                one saved by another method (the message names both).
+        """
+        metadata = load_weights(self.net, path, "the model to test")
+        saved_method = metadata.get("method")
+        if saved_method is not None and saved_method != self.hparams.method:
+            raise ValueError(
+                f"{path!r} was saved by method {saved_method!r}, but this model is configured as "
+                f"{self.hparams.method!r}: test it with the config of the run that made it (its config.yaml)."
+            )
+        minutes = metadata.get("fit_minutes")
+        self.fit_minutes = float(minutes) if minutes not in (None, "None") else None
+        self.model_path = path
 
     def forward(self, images: Tensor) -> Tensor:
         if self.hparams.channels_last:
@@ -230,13 +251,25 @@ class ClassifierUnlearningModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # before the callbacks' on_fit_start, so that RTE includes the saliency mask
+            if self.trainer.is_global_zero:
+                begin_run(self.trainer.default_root_dir)
             self._fit_started = time.perf_counter()
 
     def on_fit_end(self) -> None:
         if self._fit_started is not None:
             self.fit_minutes = (time.perf_counter() - self._fit_started) / 60
-        if self.hparams.method == "train" and self.trainer.is_global_zero:
-            save_weights(self.net, Path(self.trainer.default_root_dir) / "model.safetensors")
+        if self.trainer.is_global_zero:
+            hp, root = self.hparams, Path(self.trainer.default_root_dir)
+            metadata = {
+                "format": MODEL_FORMAT,
+                "method": hp.method,
+                "model": hp.model,
+                "num_classes": hp.num_classes,
+                "in_channels": hp.in_channels,
+                "fit_minutes": self.fit_minutes,
+            }
+            save_weights(self.net, root / MODEL_FILENAME, metadata)
+            finish_run(root)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fit_minutes"] = self.fit_minutes
@@ -246,77 +279,45 @@ class ClassifierUnlearningModule(LightningModule):
 
     # ------------------------------------------------------------------------------------------------ testing
     def on_test_start(self) -> None:
-        names = getattr(self.trainer.datamodule, "test_split_names", None)
-        if not names:
-            raise ValueError("testing needs an UnlearningDataModule (its test_split_names name the test loaders).")
-        self.test_split_names = list(names)
-        self.test_accuracy = nn.ModuleDict(
-            {name: MulticlassAccuracy(self.num_classes, average="micro").to(self.device) for name in names}
-        )
-        self.mia.reset()
+        for metric in (*self.test_accuracy.values(), self.mia):
+            metric.reset()
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        split = self.test_split_names[dataloader_idx]
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        split = batch.get("split")
+        if split not in TEST_SPLITS:
+            raise ValueError(
+                f"test batches must say their split in batch['split'] (one of {', '.join(TEST_SPLITS)}), got "
+                f"{split!r}; test with an UnlearningDataModule."
+            )
         logits = self(batch["image"]).float()
         self.test_accuracy[split].update(logits, batch["label"])
         if split in ("forget", "retain", "test"):
             self.mia.update(logits, batch["label"], split)
 
     def on_test_epoch_end(self) -> None:
-        accuracy = {name: 100 * metric.compute().item() for name, metric in self.test_accuracy.items()}
+        accuracy = {
+            name: 100 * metric.compute().item() for name, metric in self.test_accuracy.items() if metric.update_called
+        }
+        missing = [name for name in ("forget", "retain", "test") if name not in accuracy]
+        if missing:
+            raise ValueError(f"the test data had no {', '.join(missing)} batches; UA, RA and TA need all three.")
         results = {
             "method": self.hparams.method,
-            "seed": getattr(self.trainer.datamodule, "hparams", {}).get("seed", 0),
             "UA": 100 - accuracy["forget"],
             "RA": accuracy["retain"],
             "TA": accuracy["test"],
             "MIA": self.mia.compute().item(),
-            "RTE": self.fit_minutes if self.fit_minutes is not None else float("nan"),
+            "RTE": self.fit_minutes,
         }
         if "test_forgotten_class" in accuracy:
             results["forgotten_class_test_accuracy"] = accuracy["test_forgotten_class"]
         for key in ("UA", "RA", "TA", "MIA"):
             self.log(f"test/{key}", results[key], add_dataloader_idx=False)
         if self.trainer.is_global_zero:
-            write_json(Path(self.trainer.default_root_dir) / METRICS_FILENAME, results)
+            write_json(self.tested_run_directory() / METRICS_FILENAME, results)
             rank_zero_info("test: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items() if isinstance(v, float)))
 
-
-# ---------------------------------------------------------------------------------------------------- files
-def load_weights(net: nn.Module, path: str) -> None:
-    """Load a classifier's weights strictly from a Lightning checkpoint, safetensors or state-dict file.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: the file's keys or shapes do not match the network (naming them).
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"original_weights {path!r} does not exist; run the 'train' method first.")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        if all(key.startswith("net.") for key in state):  # a checkpoint of this module: take its network
-            state = {key[len("net.") :]: value for key, value in state.items()}
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"original_weights {path!r} do not fit the {type(net).__name__}: "
-            f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}), "
-            f"wrong shape {wrong[:5]} ({len(wrong)}). Check the model name and num_classes."
-        )
-    net.load_state_dict(state, strict=True)
-
-
-def save_weights(net: nn.Module, path: Path) -> None:
-    """Write the network's state dict as safetensors, atomically."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    write_atomically(path, lambda stream: stream.write(save(state)))
+    def tested_run_directory(self) -> Path:
+        """Where the test writes ``metrics.json``: the run directory of the model under test."""
+        tested = self.trainer.ckpt_path or self.model_path
+        return run_directory_of(tested) if tested else Path(self.trainer.default_root_dir)

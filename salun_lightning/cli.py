@@ -1,11 +1,18 @@
 """The ``salun`` command: LightningCLI for every experiment, plus ``mask``, ``report`` and ``sample``.
 
+All commands live here. ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's: the data module's class
+count, image shape, class names and forgotten class are linked into the model's constructor, and the model's
+method chooses the data module's training stream, so a run's saved ``config.yaml`` shows all of it. ``fit`` tests
+the model it produced afterwards; ``test`` tests a saved model (``<run>/model.safetensors`` by default, or
+``--ckpt_path``: a ``model.safetensors`` or a Lightning checkpoint) and writes ``metrics.json`` into that model's
+run directory. A user error prints one short message; ``--debug`` (or ``SALUN_DEBUG=1``) shows the traceback.
+
 Example::
 
-    salun fit --config configs/digits/train.yaml                      # the original model (then tested)
-    salun fit --config configs/digits/salun.yaml --config configs/digits/forget/random10.yaml
-    salun test --config configs/digits/salun.yaml --ckpt_path runs/digits/salun/checkpoints/last.ckpt
-    salun mask --config configs/digits/salun.yaml --ratio 0.5 --out runs/digits/mask.safetensors
+    salun fit --config configs/digits/train.yaml                      # the original model -> runs/digits/train
+    salun mask --config configs/digits/salun.yaml --out runs/digits/mask.safetensors
+    salun fit --config configs/digits/salun.yaml --model.init_args.mask_path runs/digits/mask.safetensors
+    salun test --config runs/digits/salun/config.yaml                 # tests runs/digits/salun/model.safetensors
     salun report runs/digits/* --out runs/digits
     salun sample --config configs/diffusion/ddpm_digits_salun.yaml --out runs/ddpm_digits/salun/samples
 """
@@ -13,20 +20,67 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import logging
+import os
 import sys
-from typing import Optional, Sequence
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from salun_lightning import report
 from salun_lightning.callbacks import WeightSaliencyCallback
+from salun_lightning.runs import MODEL_FILENAME, read_forget_set, run_directory_of
+
+# What the model needs to know about the data: (data attribute, model argument, conversion). A link whose model
+# argument the chosen model class lacks is skipped.
+DATA_TO_MODEL: tuple[tuple[str, str, Optional[Callable[[Any], Any]]], ...] = (
+    ("num_classes", "num_classes", None),
+    ("image_shape", "in_channels", lambda shape: shape[0]),
+    ("image_shape", "image_shape", tuple),
+    ("class_names", "class_names", None),
+    ("class_prompts", "class_prompts", None),
+    ("forget_class_index", "forget_class", None),
+)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, MisconfigurationException)
+# Printed by Lightning on every command, about nothing the user did: deprecations inside Lightning, the empty
+# validation list that means "no validation" (val_size 0), and an advertisement.
+NOISE_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"Total length of `\w+` across ranks is zero")
+NOISE_LOGS = ("💡 Tip:",)
+COMMANDS = {
+    "fit": "train or unlearn (the config's method), save the model, then test it",
+    "validate": "run the validation stage",
+    "test": "test a saved model (default <run>/model.safetensors) and write metrics.json beside it",
+    "predict": "run the predict stage",
+    "mask": "compute the weight saliency mask of a config's model and forget set, without training",
+    "report": "compare runs against retraining (markdown table and chart)",
+    "sample": "generate images with a diffusion run's denoiser",
+}
+
+
+def stream_of_method(class_path: Optional[str], method: Optional[str]) -> Optional[str]:
+    """The training stream of ``method`` in the model class's ``methods`` table (``None`` for other models, or an
+    unknown method, which the model's constructor then refuses)."""
+    if not class_path or method is None:
+        return None
+    module_name, _, name = class_path.rpartition(".")
+    methods = getattr(getattr(importlib.import_module(module_name), name, None), "methods", None)
+    spec = methods.get(method) if isinstance(methods, dict) else None
+    return getattr(spec, "stream", None)
 
 
 class SalunCLI(LightningCLI):
-    """LightningCLI over any LightningModule and LightningDataModule; ``fit`` tests the model afterwards.
+    """LightningCLI over any LightningModule and LightningDataModule, with the data linked into the model.
 
-    A second run into the same directory overwrites the saved ``config.yaml`` instead of failing.
+    ``fit`` tests the model afterwards (``--test_after_fit``) and saves ``config.yaml`` into its run directory (a
+    second fit into the same directory overwrites it); no other command writes a config. ``--trainer.enable_checkpointing
+    true`` keeps ``<run>/checkpoints/last.ckpt``.
     """
 
     def __init__(self, args: ArgsType = None, run: bool = True) -> None:
@@ -44,44 +98,257 @@ class SalunCLI(LightningCLI):
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="run the test stage after fit (writes metrics.json)"
         )
+        parser.link_arguments(
+            ("model.class_path", "model.init_args.method"),
+            "data.init_args.stream",
+            compute_fn=stream_of_method,
+            apply_on="parse",
+        )
+        for source, target, convert in DATA_TO_MODEL:
+            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", compute_fn=convert, apply_on="instantiate")
+
+    def parse_arguments(self, parser, args: ArgsType) -> None:
+        # LightningCLI warns whenever ``args`` and ``sys.argv`` are both given; this command always passes ``args``.
+        self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand != "fit":  # only a fit owns its run directory
+            self.save_config_callback = None
+
+    def before_fit(self) -> None:
+        for callback in self.trainer.checkpoint_callbacks:
+            if callback.save_last is None:
+                callback.save_last = True
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit") and self.trainer.state.status == "finished":
-            self.trainer.test(self.model, datamodule=self.datamodule)
+            if callable(getattr(self.model, "test_step", None)) and self.datamodule is not None:
+                self.trainer.test(self.model, datamodule=self.datamodule)
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config as given: LightningCLI would overwrite the model's arguments with a checkpoint's, which
+        hides what the run does; `test` instead refuses a checkpoint of another method."""
+
+    def test(self, model: LightningModule, datamodule: Optional[LightningDataModule] = None,
+             ckpt_path: Optional[str] = None, **kwargs: Any) -> None:
+        """Test a saved model: ``ckpt_path`` (safetensors or checkpoint), else ``<default_root_dir>/model.safetensors``."""
+        path = Path(ckpt_path) if ckpt_path else Path(self.trainer.default_root_dir) / MODEL_FILENAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no saved model to test: {path} does not exist. Fit first, or give --ckpt_path <run>/"
+                f"{MODEL_FILENAME} (or a Lightning checkpoint)."
+            )
+        check_same_forget_set(run_directory_of(path), datamodule)
+        if path.suffix != ".safetensors":
+            check_same_method(path, model)
+        else:
+            if not callable(getattr(model, "load_model", None)):
+                raise ValueError(f"{type(model).__name__} cannot load {path.name}; give a Lightning checkpoint.")
+            model.load_model(str(path))
+            ckpt_path = None
+        self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+
+
+def check_same_method(checkpoint: Path, model: LightningModule) -> None:
+    """Refuse to test a Lightning checkpoint with a config of another method (its metrics would carry the wrong name).
+
+    Raises:
+        ValueError: the checkpoint's ``method`` hyper-parameter differs from the model's.
+    """
+    import torch
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True).get("hyper_parameters", {}).get("method")
+    configured = model.hparams.get("method")
+    if saved is not None and configured is not None and saved != configured:
+        raise ValueError(f"the checkpoint {checkpoint} was saved by method {saved!r}, but the config's model is "
+                         f"{configured!r}: test it with the config of the run that made it (its config.yaml).")
+
+
+def check_same_forget_set(run_dir: Path, datamodule: Any) -> None:
+    """Refuse to test the model of ``run_dir`` on another forget set than the one it was made for.
+
+    Raises:
+        ValueError: both forget sets are known and differ (the message names both).
+    """
+    record = read_forget_set(run_dir)
+    if record is None or not hasattr(datamodule, "forget_set_id"):
+        return
+    current = datamodule.forget_set_id
+    if current != record["id"]:
+        raise ValueError(
+            f"the model in {run_dir} was made for the forget set {record.get('description')!r} "
+            f"({record['id'][:19]}, seed {record.get('seed')}), but this config's data draw "
+            f"{getattr(datamodule, 'forget_set_description', '?')!r} ({current[:19]}): its UA and RA would be measured "
+            f"on the wrong samples. Test it with its own config: salun test --config {run_dir / 'config.yaml'}"
+        )
 
 
 def mask_main(argv: Sequence[str]) -> None:
-    """``salun mask``: compute the saliency mask of a model on a forget set and write it, without training."""
+    """``salun mask``: compute the saliency mask of a config's model on its forget set and write it, without training.
+
+    The ratio, parameter filter and batch-size function are those of the model's own saliency callback
+    (``configure_callbacks``), so the mask is the one ``salun fit`` with that config would compute.
+    """
     parser = argparse.ArgumentParser(
         prog="salun mask",
         description="Compute the weight saliency mask for the model and forget set of a config and write it "
-        "(safetensors); give it back to unlearning runs as --model.init_args.mask_path. Other arguments are those "
-        "of 'salun fit'.",
+        "(safetensors, with its provenance); give it back to unlearning runs as --model.init_args.mask_path. The "
+        "ratio is the model's (--model.init_args.saliency_ratio). Other arguments are those of 'salun fit'.",
     )
-    parser.add_argument("--ratio", type=float, default=0.5, help="fraction of weights to keep (default 0.5)")
     parser.add_argument("--out", required=True, help="where to write the mask (.safetensors)")
     args, rest = parser.parse_known_args(argv)
-    callback = WeightSaliencyCallback(ratio=args.ratio, save_mask_path=args.out)  # checks the ratio first
-    cli = SalunCLI(args=list(rest), run=False)
-    cli.model.configure_callbacks = lambda: [callback]  # this callback only, whatever the method's own
-    cli.trainer.fit_loop.epoch_loop.max_steps = 0  # on_fit_start computes and writes the mask; no step is taken
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    print(f"wrote {args.out}: {callback.saliency_stats['kept']:,} of {callback.saliency_stats['total']:,} weights")
+    with tempfile.TemporaryDirectory(prefix="salun-mask-") as scratch:  # never touches the config's run directory
+        cli = SalunCLI(args=[*rest, f"--trainer.default_root_dir={scratch}"], run=False)
+        callbacks = [c for c in cli.model.configure_callbacks() if isinstance(c, WeightSaliencyCallback)]
+        if not callbacks:
+            raise ValueError(
+                f"the config's model ({type(cli.model).__name__}, method {cli.model.hparams.get('method')!r}) has no "
+                "weight saliency callback; use a salun config."
+            )
+        callback = callbacks[0]
+        callback.mask_path, callback.save_mask_path = None, args.out
+        cli.model.configure_callbacks = lambda: [callback]  # this callback only, whatever the method's own
+        cli.trainer.fit_loop.epoch_loop.max_steps = 0  # on_fit_start computes and writes the mask; no step is taken
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    stats = callback.saliency_stats
+    print(f"wrote {args.out}: {stats['kept']:,} of {stats['total']:,} weights (ratio {callback.ratio})")
+
+
+def sample_main(argv: Sequence[str]) -> None:
+    """``salun sample``: build the model of a config, load the trained denoiser, write samples."""
+    import torch
+
+    from salun_lightning.data.splits import resolve_class
+    from salun_lightning.diffusion import DiffusionUnlearningModule, TextToImageDiffusion
+    from salun_lightning.diffusion.sampling import SAMPLES_FILENAME, sample_images, write_samples
+
+    parser = argparse.ArgumentParser(
+        prog="salun sample",
+        description="Generate images with the diffusion model of a config (the denoiser its fit saved): "
+        "<out>/<k>_<class>/<i>.png per class or prompt, grid.png (one row each) and samples.json. Other arguments "
+        "are those of 'salun fit'.",
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--num_per_class", type=int, default=8, help="images per class or prompt (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="w in (1+w)eps(c) - w eps(null) (default: 2.0 class, 6.5 text)"
+    )
+    parser.add_argument("--classes", nargs="+", default=None, help="class names or indices (default: all)")
+    parser.add_argument("--prompts", nargs="+", default=None, help="text models: prompts instead of classes")
+    parser.add_argument("--unet", default=None, help="denoiser directory (default: <trainer.default_root_dir>/unet)")
+    parser.add_argument("--batch_size", type=int, default=64, help="images denoised together (default 64)")
+    parser.add_argument("--device", default="auto", help="torch device, e.g. cpu or cuda:0 (default: auto)")
+    args, rest = parser.parse_known_args(argv)
+    if args.num_per_class < 1 or args.steps < 1:
+        parser.error("--num_per_class and --steps must be positive")
+    cli = SalunCLI(args=rest, run=False)
+    module = cli.model
+    if not isinstance(module, DiffusionUnlearningModule):
+        parser.error(f"the config's model is a {type(module).__name__}, not a diffusion model")
+    unet = args.unet or str(Path(cli.trainer.default_root_dir) / "unet")
+    module.load_unet(unet)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    module.to(torch.device(device))
+    if args.prompts:
+        if not isinstance(module, TextToImageDiffusion):
+            parser.error("--prompts needs a text-to-image model")
+        names = list(args.prompts)
+        conditions: Any = [prompt for prompt in names for _ in range(args.num_per_class)]
+        indices = None
+    else:
+        indices = [resolve_class(c, module.class_names) for c in (args.classes or range(module.num_classes))]
+        names = [module.class_names[i] for i in indices]
+        classes = torch.tensor(indices).repeat_interleave(args.num_per_class)
+        conditions = module.class_condition(classes)
+    guidance = module.default_guidance if args.guidance is None else args.guidance
+    images = sample_images(module, conditions, args.seed, args.steps, guidance, args.batch_size)
+    out = Path(args.out)
+    files = write_samples(images, names, args.num_per_class, out)
+    summary = {
+        "unet": unet,
+        "method": module.hparams.method,
+        "forget_class": module.forget_class_index,
+        "class_indices": indices,
+        "names": names,
+        "num_per_class": args.num_per_class,
+        "seed": args.seed,
+        "steps": args.steps,
+        "guidance": guidance,
+        "files": files,
+    }
+    (out / SAMPLES_FILENAME).write_text(json.dumps(summary, indent=2))
+    print(f"wrote {len(images)} images to {out} (grid.png, {SAMPLES_FILENAME})")
+
+
+def print_overview() -> None:
+    """``salun``, ``salun -h``: every command in one list."""
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    print("usage: salun <command> [options]   (salun <command> --help for its options)\n\ncommands:")
+    print("\n".join(lines))
+    print("\n--debug (or SALUN_DEBUG=1) shows the full traceback of an error.")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(NOISE_LOGS)
+
+
+def silence_noise() -> None:
+    """Hide Lightning's per-command warnings and tips that concern nothing the user did."""
+    for message in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropNoise) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropNoise())
+
+
+def run(args: Sequence[str]) -> None:
+    """Run one ``salun`` command from Python; errors propagate as exceptions (``main`` prints them)."""
+    silence_noise()
+    argv = list(args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print_overview()
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "report":
+        report.main(rest)
+    elif command == "mask":
+        mask_main(rest)
+    elif command == "sample":
+        sample_main(rest)
+    else:
+        SalunCLI(args=argv)
+
+
+def root_message(error: BaseException) -> str:
+    """The message of the innermost user error behind ``error`` (wrappers add nothing a user needs)."""
+    innermost = error
+    while True:
+        inner = innermost.__cause__ or (None if innermost.__suppress_context__ else innermost.__context__)
+        if not isinstance(inner, USER_ERRORS):
+            return str(innermost) or type(innermost).__name__
+        innermost = inner
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
-    """Run the command line (``args`` defaults to ``sys.argv[1:]``)."""
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] == "report":
-        report.main(argv[1:])
-    elif argv and argv[0] == "mask":
-        mask_main(argv[1:])
-    elif argv and argv[0] == "sample":
-        from salun_lightning.diffusion.sampling import sample_main  # diffusers is imported only when sampling
+    """The console command: run, and print a user error as one short message (exit status 2).
 
-        sample_main(argv[1:])
-    else:
-        SalunCLI(args=argv)
+    ``--debug`` anywhere on the line, or ``SALUN_DEBUG=1``, re-raises instead, with the full traceback.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in argv or os.environ.get("SALUN_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        run(argv)
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        print(f"salun: error: {root_message(error)}", file=sys.stderr)
+        print("(run with --debug, or SALUN_DEBUG=1, for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

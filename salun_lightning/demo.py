@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from salun_lightning.cli import main as salun
+from salun_lightning.cli import run as salun
 
 UNLEARNING_METHODS = ("salun", "ft", "ga", "rl", "l1_sparse")
 

@@ -15,7 +15,17 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
     Example::
 
-        write_atomically(Path("runs/x/report.md"), lambda stream: stream.write(b"# Report"))
+        >>> run = Path(tempfile.mkdtemp())
+        >>> write_atomically(run / "x" / "report.md", lambda stream: stream.write(b"# Report"))
+        >>> def fail_halfway(stream):
+        ...     stream.write(b"# Half a rep")
+        ...     raise OSError("disk full")
+        >>> write_atomically(run / "x" / "report.md", fail_halfway)
+        Traceback (most recent call last):
+            ...
+        OSError: disk full
+        >>> (run / "x" / "report.md").read_text(), [path.name for path in (run / "x").iterdir()]  # no temporary left
+        ('# Report', ['report.md'])
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,19 +1,28 @@
-"""Image classifiers for unlearning experiments, built by name.
+"""Image classifiers for unlearning experiments, built by name, and their weight files.
 
 Example::
 
-    from salun_lightning.models import build_classifier
-
-    net = build_classifier("resnet18", num_classes=10)  # CIFAR stem: 3x3 conv, stride 1, no max-pool
-    net = build_classifier("small_resnet", num_classes=10, in_channels=1)  # trains in minutes on a CPU
-    net = build_classifier("torchvision:mobilenet_v3_small", num_classes=10)  # any torchvision classifier
+    >>> net = build_classifier("resnet18", num_classes=10)  # CIFAR stem: 3x3 conv, stride 1, no max-pool
+    >>> net = build_classifier("torchvision:mobilenet_v3_small", num_classes=10)  # any torchvision classifier
+    >>> net = build_classifier("small_resnet", num_classes=10, in_channels=1)  # trains in minutes on a CPU
+    >>> import tempfile; path = Path(tempfile.mkdtemp()) / "model.safetensors"
+    >>> save_weights(net, path, {"method": "train"})
+    >>> load_weights(build_classifier("small_resnet", 10, 1), path)["method"]
+    'train'
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
 from torch import nn
 from torchvision import models as tv_models
 from torchvision.models.resnet import BasicBlock
+
+from salun_lightning.files import write_atomically
 
 CLASSIFIERS = ("resnet18", "small_resnet", "vgg16_bn")
 
@@ -86,3 +95,72 @@ def build_classifier(name: str, num_classes: int, in_channels: int = 3) -> nn.Mo
             raise ValueError(f"torchvision models take 3-channel images; {model_name!r} cannot take {in_channels}.")
         return tv_models.get_model(model_name, weights=None, num_classes=num_classes)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(CLASSIFIERS)} or 'torchvision:<name>'.")
+
+
+def load_weights(net: nn.Module, path: Union[str, os.PathLike], option: str = "original_weights") -> dict[str, str]:
+    """Load a classifier's weights strictly from safetensors, a Lightning checkpoint or a ``torch.save``d state dict.
+
+    Checkpoints and state dicts are read with ``weights_only=True``: a file that would run code is refused. A
+    checkpoint of :class:`~salun_lightning.classifier.ClassifierUnlearningModule` gives its ``net.`` weights.
+
+    Args:
+        net: the network to load into.
+        path: the file.
+        option: the option that named the file, for error messages.
+
+    Returns:
+        The file's metadata (safetensors metadata as written by :func:`save_weights`; a checkpoint's
+        ``fit_minutes`` as a string), possibly empty.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: an unreadable file, or keys or shapes that do not match the network (naming them).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{option} {path!r} does not exist; run the 'train' method first (it writes "
+                                "model.safetensors into its run directory).")
+    metadata: dict[str, str] = {}
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+                state = {key: handle.get_tensor(key) for key in handle.keys()}
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(loaded, Mapping):
+                raise ValueError(f"it holds a {type(loaded).__name__}, not a state dict")
+            if loaded.get("fit_minutes") is not None:
+                metadata["fit_minutes"] = str(loaded["fit_minutes"])
+            state = loaded.get("state_dict", loaded)
+            if state and all(key.startswith("net.") for key in state):  # a checkpoint of the module: its network
+                state = {key[len("net.") :]: value for key, value in state.items()}
+    except Exception as error:  # safetensors, pickle and zip errors have many types; all mean "cannot read it"
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(
+            f"cannot read {option} {path!r}: {reason}. Give a safetensors file written by a 'train' run, a Lightning "
+            "checkpoint or a torch.save'd state dict (the file may be truncated: write it again)."
+        ) from None
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{option} {path!r} do not fit the {type(net).__name__}: "
+            f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}), "
+            f"wrong shape {wrong[:5]} ({len(wrong)}). Check the model name and num_classes."
+        )
+    net.load_state_dict(state, strict=True)
+    return metadata
+
+
+def save_weights(net: nn.Module, path: Union[str, os.PathLike], metadata: Optional[Mapping[str, Any]] = None) -> None:
+    """Write the network's state dict as safetensors, atomically, with ``metadata`` (values stored as strings)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    meta = {key: str(value) for key, value in (metadata or {}).items()}
+    write_atomically(Path(path), lambda stream: stream.write(save(state, metadata=meta)))

@@ -1,15 +1,27 @@
 """Markdown report (and bar chart) of unlearning runs, each compared with the retrain run of its seed.
 
-Every run directory holds a ``metrics.json``. Classifier runs (written by the classifier module)::
+The run directories follow the contract of :mod:`salun_lightning.runs`. A finished run directory holds a
+``metrics.json``; classifier runs (written by the classifier module)::
 
-    {"method": "salun", "seed": 0, "UA": 2.85, "RA": 99.62, "TA": 93.93, "MIA": 14.39, "RTE": 2.66}
+    {"method": "salun", "UA": 2.85, "RA": 99.62, "TA": 93.93, "MIA": 14.39, "RTE": 2.66}
 
-UA, RA, TA and MIA are percentages, RTE is minutes; extra keys are ignored. Diffusion runs (recognised by their
-``FID`` key) hold ``UA``, ``retained_accuracy`` (the judge's accuracy on retained-class generations, percent),
-``FID``, ``fid_features`` (the feature extractor, which must be the same for all runs) and ``RTE``; their table
-has no Avg. Gap and needs no retrain run. From the command line::
+UA, RA, TA and MIA are percentages, RTE is minutes (``null`` when the model was tested without timing
+information; the table shows ``n/a``); extra keys are ignored. Diffusion runs (recognised by their ``FID`` key)
+hold ``UA``, ``retained_accuracy`` (the judge's accuracy on retained-class generations, percent), ``FID``,
+``fid_features`` (the feature extractor, which must be the same for all runs) and ``RTE``; their table has no
+Avg. Gap and needs no retrain run.
 
-    python -m salun_lightning.report runs/*/ --out reports/cifar10
+A run's ``forget_set.json`` (written by the data module) names the forget set it forgot: its ``id``, the scenario
+(``description``, e.g. ``random 10%``, and ``dataset``) and the ``seed`` that drew it. A run's seed is the
+``seed`` of its ``metrics.json`` if there is one, else that of its ``forget_set.json``. Runs are only compared
+about the same forget set: all runs must share one scenario, and the runs of one seed one forget-set id (runs
+without a ``forget_set.json``, e.g. older or diffusion runs, show the scenario ``unknown`` and are not checked).
+
+Entries that are not finished run directories are skipped and listed: files (such as a saved mask), folders
+without ``metrics.json`` and folders marked ``INCOMPLETE`` (a fit there is running or failed, so an old
+``metrics.json`` in it is stale). A glob over a runs folder therefore works. From the command line::
+
+    salun report runs/digits/* --out runs/digits
 """
 
 from __future__ import annotations
@@ -18,20 +30,35 @@ import argparse
 import json
 import math
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Optional, Union
+from typing import IO, Optional, TypeVar, Union
 
 import numpy as np
 
 from salun_lightning.files import write_atomically
 from salun_lightning.metrics.functional import average_gap
+from salun_lightning.runs import (
+    FORGET_SET_FILENAME,
+    INCOMPLETE_FILENAME,
+    METRICS_FILENAME,
+    is_incomplete,
+    read_forget_set,
+)
 
 __all__ = ["build_report", "main"]
 
 PathLike = Union[str, os.PathLike]
 GAP_COLUMN = "Avg. Gap"
+UNKNOWN_FORGET_SET = "unknown"
+OPTIONAL_NUMBERS = ("RTE",)  # may be null in metrics.json: the cell shows "n/a"
+MIXED_FORGET_SETS_HINT = (
+    "Report only runs of one forget set (one scenario, and for each seed one forget-set id), or pass "
+    "--allow-mixed-forget-sets (allow_mixed_forget_sets=True) to compare them on purpose."
+)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,23 +85,69 @@ class _Run:
     directory: Path
     method: str
     seed: int
-    values: dict[str, float]
+    values: dict[str, Optional[float]]  # None: an optional number (RTE) the run does not have
     kind: _Kind
     fid_features: Optional[str] = None
+    scenario: Optional[str] = None  # "<dataset>: <description>" from forget_set.json; None without one
+    forget_set_id: Optional[str] = None
+
+    @property
+    def forget_set(self) -> str:
+        """The scenario as shown in the report."""
+        return self.scenario if self.scenario is not None else UNKNOWN_FORGET_SET
+
+    def describe(self) -> str:
+        """The directory with its scenario, seed and forget-set id prefix, for error messages."""
+        identity = f", {_short_id(self.forget_set_id)}" if self.forget_set_id is not None else ""
+        return f"{self.directory} ({self.forget_set}, seed {self.seed}{identity})"
+
+
+@dataclass(frozen=True)
+class _Skipped:
+    path: Path
+    reason: str
 
 
 @dataclass(frozen=True)
 class _MethodSummary:
     method: str
     runs: list[_Run]
-    columns: dict[str, np.ndarray]  # the kind's columns -> one value per run
+    columns: dict[str, np.ndarray]  # the kind's columns -> one value per run (NaN: the run does not have it)
     gaps: dict[str, np.ndarray]  # the kind's compared keys and GAP_COLUMN -> |run - retrain| per run
+
+    @property
+    def forget_sets(self) -> str:
+        """The distinct scenarios of the method's runs, joined with "; "."""
+        return "; ".join(dict.fromkeys(run.forget_set for run in self.runs))
+
+
+def _short_id(forget_set_id: str) -> str:
+    return forget_set_id[: len("sha256:") + 12]
+
+
+def _grouped(items: Iterable[T], key: Callable[[T], Hashable]) -> dict[Hashable, list[T]]:
+    groups: dict[Hashable, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
+
+
+def _skip_reason(path: Path) -> Optional[str]:
+    """Why ``path`` is not a finished run directory, or None when it is one."""
+    if not path.exists():
+        return "does not exist"
+    if not path.is_dir():
+        return "not a directory"
+    if is_incomplete(path):
+        stale = f" (its {METRICS_FILENAME} is stale)" if (path / METRICS_FILENAME).exists() else ""
+        return f"marked {INCOMPLETE_FILENAME}: a fit there is running or failed{stale}"
+    if not (path / METRICS_FILENAME).is_file():
+        return f"no {METRICS_FILENAME} (not a run directory, or its model was not tested)"
+    return None
 
 
 def _load_run(directory: Path) -> _Run:
-    path = directory / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"run directory {directory} has no metrics.json")
+    path = directory / METRICS_FILENAME
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -82,21 +155,92 @@ def _load_run(directory: Path) -> _Run:
     if not isinstance(record, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(record).__name__}")
     kind = DIFFUSION if "FID" in record else CLASSIFIER
-    for key in ("method", "seed", *kind.numbers, *(("fid_features",) if kind is DIFFUSION else ())):
+    for key in ("method", *kind.numbers, *(("fid_features",) if kind is DIFFUSION else ())):
         if key not in record:
             raise ValueError(f"{path} is missing key {key!r}")
-    method, seed = record["method"], record["seed"]
+    method = record["method"]
     if not isinstance(method, str) or not method:
         raise ValueError(f"{path}: 'method' must be a non-empty string, got {method!r}")
+
+    forget_set = read_forget_set(directory)
+    scenario = forget_set_id = None
+    if forget_set is not None:
+        for key in ("description", "dataset"):
+            value = forget_set.get(key)
+            if not isinstance(value, str) or not value:
+                file = directory / FORGET_SET_FILENAME
+                raise ValueError(f"{file}: {key!r} must be a non-empty string, got {value!r}")
+        scenario, forget_set_id = f"{forget_set['dataset']}: {forget_set['description']}", forget_set["id"]
+    if record.get("seed") is not None:
+        seed, source = record["seed"], path
+    elif forget_set is not None and forget_set.get("seed") is not None:
+        seed, source = forget_set["seed"], directory / FORGET_SET_FILENAME
+    else:
+        raise ValueError(
+            f"run directory {directory} has no seed: neither its {METRICS_FILENAME} nor a {FORGET_SET_FILENAME} "
+            "gives one"
+        )
     if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"{path}: 'seed' must be an integer, got {seed!r}")
-    values = {}
+        raise ValueError(f"{source}: 'seed' must be an integer, got {seed!r}")
+
+    values: dict[str, Optional[float]] = {}
     for key in kind.numbers:
         value = record[key]
+        if key in OPTIONAL_NUMBERS and (value is None or (isinstance(value, float) and math.isnan(value))):
+            values[key] = None  # tested without timing information (older runs wrote NaN)
+            continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise ValueError(f"{path}: {key!r} must be a finite number, got {value!r}")
         values[key] = float(value)
-    return _Run(directory, method, seed, values, kind, record.get("fid_features"))
+    return _Run(directory, method, seed, values, kind, record.get("fid_features"), scenario, forget_set_id)
+
+
+def _read_runs(run_dirs: Sequence[PathLike]) -> tuple[list[_Run], list[_Skipped]]:
+    """The finished runs among ``run_dirs``, and the entries skipped with the reason."""
+    if isinstance(run_dirs, (str, os.PathLike)):
+        raise TypeError(f"run_dirs must be a sequence of directories, got the single path {run_dirs!r}")
+    if not run_dirs:
+        raise ValueError("run_dirs is empty")
+    runs: list[_Run] = []
+    skipped: list[_Skipped] = []
+    read: dict[Path, Path] = {}  # resolved -> as given
+    for entry in run_dirs:
+        path = Path(entry)
+        reason = _skip_reason(path)
+        if reason is None and path.resolve() in read:
+            reason = f"given twice (also as {read[path.resolve()]})"
+        if reason is not None:
+            skipped.append(_Skipped(path, reason))
+            continue
+        read[path.resolve()] = path
+        runs.append(_load_run(path))
+    if not runs:
+        listed = "; ".join(f"{entry.path}: {entry.reason}" for entry in skipped)
+        raise ValueError(f"no finished run directory among the run_dirs given ({listed})")
+    return runs, skipped
+
+
+def _check_forget_sets(runs: list[_Run], allow_mixed: bool) -> list[str]:
+    """The ways the runs' forget sets differ (empty when they agree); raises unless ``allow_mixed``."""
+    known = [run for run in runs if run.scenario is not None]
+    problems = []
+    scenarios = _grouped(known, lambda run: run.scenario)
+    if len(scenarios) > 1:
+        sides = "; ".join(
+            f"{scenario!r}: " + ", ".join(run.describe() for run in group) for scenario, group in scenarios.items()
+        )
+        problems.append(f"the runs are about different forget sets: {sides}")
+    for (scenario, seed), group in _grouped(known, lambda run: (run.scenario, run.seed)).items():
+        identities = _grouped(group, lambda run: run.forget_set_id)
+        if len(identities) > 1:
+            sides = "; ".join(
+                f"{_short_id(identity)}: " + ", ".join(run.describe() for run in members)
+                for identity, members in identities.items()
+            )
+            problems.append(f"the {scenario!r} runs with seed {seed} drew different forget sets: {sides}")
+    if problems and not allow_mixed:
+        raise ValueError(". ".join(problems) + ". " + MIXED_FORGET_SETS_HINT)
+    return problems
 
 
 def _summarise(runs: list[_Run], retrain: str) -> list[_MethodSummary]:
@@ -134,7 +278,10 @@ def _summarise(runs: list[_Run], retrain: str) -> list[_MethodSummary]:
             for key in kind.compared:
                 gaps[key].append(abs(run.values[key] - reference.values[key]))
             gaps[GAP_COLUMN].append(average_gap(run.values, reference.values, kind.compared))
-        columns = {key: np.array([run.values[key] for run in method_runs]) for key in kind.numbers}
+        columns = {
+            key: np.array([np.nan if run.values[key] is None else run.values[key] for run in method_runs])
+            for key in kind.numbers
+        }
         if kind.compared:
             columns[GAP_COLUMN] = np.array(gaps[GAP_COLUMN])
         summaries.append(_MethodSummary(method, method_runs, columns, {k: np.array(v) for k, v in gaps.items()}))
@@ -144,6 +291,8 @@ def _summarise(runs: list[_Run], retrain: str) -> list[_MethodSummary]:
 
 
 def _cell(values: np.ndarray) -> str:
+    if np.isnan(values).any():
+        return "n/a"  # a run without this (optional) number
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
@@ -153,35 +302,58 @@ def _markdown_table(summaries: list[_MethodSummary]) -> str:
     columns = summaries[0].runs[0].kind.columns
     headers = [{"retained_accuracy": "retained acc."}.get(column, column) for column in columns]
     lines = [
-        "| method | " + " | ".join(headers) + " |",
-        "| --- | " + " | ".join("---:" for _ in columns) + " |",
+        "| method | forget set | " + " | ".join(headers) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in columns) + " |",
     ]
     for summary in summaries:
-        lines.append(f"| {summary.method} | " + " | ".join(_cell(summary.columns[c]) for c in columns) + " |")
+        forget_sets = summary.forget_sets.replace("|", "\\|")
+        cells = " | ".join(_cell(summary.columns[c]) for c in columns)
+        lines.append(f"| {summary.method} | {forget_sets} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
-def _markdown_document(table: str, summaries: list[_MethodSummary], retrain: str) -> str:
+def _markdown_document(
+    table: str, summaries: list[_MethodSummary], retrain: str, skipped: list[_Skipped], mixed: list[str]
+) -> str:
+    def forget_set(run: _Run) -> str:
+        return f" (forget set {run.scenario}, {_short_id(run.forget_set_id)})" if run.scenario is not None else ""
+
     runs = "\n".join(
-        f"- {summary.method}, seed {run.seed}: `{run.directory}`" for summary in summaries for run in summary.runs
+        f"- {summary.method}, seed {run.seed}: `{run.directory}`{forget_set(run)}"
+        for summary in summaries
+        for run in summary.runs
+    )
+    sections = f"## Runs\n\n{runs}\n"
+    if skipped:
+        sections += "\n## Skipped\n\n" + "".join(f"- `{entry.path}`: {entry.reason}\n" for entry in skipped)
+    warnings = "".join(
+        f"> **Warning: runs of different forget sets are compared** (allowed by --allow-mixed-forget-sets): "
+        f"{problem}.\n\n"
+        for problem in mixed
+    )
+    forget_sets = (
+        "forget set: the forgetting scenario of the method's runs (dataset: description, from each run's "
+        f"{FORGET_SET_FILENAME}; {UNKNOWN_FORGET_SET} for a run without one)"
     )
     first = summaries[0].runs[0]
     if first.kind is DIFFUSION:
         return (
-            "# Unlearning report (diffusion)\n\n"
-            "UA: percentage of forgotten-class generations the judge classifier does not assign to the forgotten "
-            "class; retained acc.: the judge's accuracy on generations of the retained classes (percent); FID on "
-            f"retained classes with {first.fid_features} features; RTE in minutes.\n\n"
-            f"{table}\n![UA and retained accuracy per method](report.png)\n\n## Runs\n\n{runs}\n"
+            f"# Unlearning report (diffusion)\n\n{warnings}"
+            f"{forget_sets}; UA: percentage of forgotten-class generations the judge classifier does not assign to "
+            "the forgotten class; retained acc.: the judge's accuracy on generations of the retained classes "
+            f"(percent); FID on retained classes with {first.fid_features} features; RTE in minutes (n/a: tested "
+            "without timing information).\n\n"
+            f"{table}\n![UA and retained accuracy per method](report.png)\n\n{sections}"
         )
     return (
-        "# Unlearning report\n\n"
-        "UA, RA, TA and MIA (MIA-Efficacy) in percent; Avg. Gap is the mean of |method - retrain| over UA, RA, TA "
-        f"and MIA against the {retrain!r} run with the same seed; RTE in minutes. A method with several runs "
-        "shows mean ± sample standard deviation over its seeds.\n\n"
+        f"# Unlearning report\n\n{warnings}"
+        f"{forget_sets}; UA, RA, TA and MIA (MIA-Efficacy) in percent; Avg. Gap is the mean of |method - retrain| "
+        f"over UA, RA, TA and MIA against the {retrain!r} run with the same seed; RTE in minutes (n/a: a run was "
+        "tested without timing information). A method with several runs shows mean ± sample standard deviation "
+        "over its seeds.\n\n"
         f"{table}\n"
         "![Absolute gap to retrain per metric](report.png)\n\n"
-        f"## Runs\n\n{runs}\n"
+        f"{sections}"
     )
 
 
@@ -220,63 +392,134 @@ def _plot_gaps(summaries: list[_MethodSummary], retrain: str, stream: IO[bytes])
     figure.savefig(stream, format="png", dpi=120)
 
 
-def build_report(run_dirs: Sequence[PathLike], out_dir: Optional[PathLike] = None, retrain: str = "retrain") -> str:
-    """Markdown table of UA, RA, TA, MIA, Avg. Gap and RTE per method, from the runs' ``metrics.json`` files.
+def build_report(
+    run_dirs: Sequence[PathLike],
+    out_dir: Optional[PathLike] = None,
+    retrain: str = "retrain",
+    allow_mixed_forget_sets: bool = False,
+) -> str:
+    """Markdown table of the forget set, UA, RA, TA, MIA, Avg. Gap and RTE per method, from the runs' files.
+
+    Entries of ``run_dirs`` that are not finished run directories are skipped: files (e.g. a saved mask), folders
+    without ``metrics.json`` and folders marked ``INCOMPLETE`` (their ``metrics.json``, if any, is stale). They are
+    listed under "Skipped" in ``report.md`` (and on stderr by :func:`main`). The runs read must be about one forget
+    set: one scenario (``forget_set.json``'s ``dataset`` and ``description``) for all, and one forget-set ``id``
+    for the runs of each seed; runs without a ``forget_set.json`` show the forget set ``unknown`` and are not
+    checked. A run's seed is its ``metrics.json``'s ``seed``, else its ``forget_set.json``'s.
 
     Rows: ``retrain`` first, then the other methods by mean Avg. Gap, ascending. Each run's Avg. Gap is taken
-    against the ``retrain`` run with the same seed. A method with one run shows plain numbers; with several
-    runs, ``mean ± std`` (sample standard deviation, ddof=1). All numbers have 2 decimals.
+    against the ``retrain`` run with the same seed. The "forget set" column shows ``<dataset>: <description>``
+    (the distinct values joined with "; " if a method's runs differ). A method with one run shows plain numbers;
+    with several runs, ``mean ± std`` (sample standard deviation, ddof=1). All numbers have 2 decimals; RTE shows
+    ``n/a`` when one of the method's runs has none (``null``).
 
     Args:
-        run_dirs: run directories, each holding a ``metrics.json``.
+        run_dirs: run directories, each holding a ``metrics.json`` (and usually a ``forget_set.json``); other
+            entries are skipped.
         out_dir: if given, ``report.md`` and ``report.png`` (a bar chart of each method's absolute gap to
             retrain for UA, RA, TA, MIA and Avg. Gap) are written there atomically; the folder is created.
         retrain: method name of the reference runs.
+        allow_mixed_forget_sets: compare runs of different forget sets on purpose: the report is built and
+            ``report.md`` carries a warning saying how they differ.
 
     Raises:
-        FileNotFoundError: if a run directory has no ``metrics.json``.
-        ValueError: on invalid JSON, a missing or ill-typed key, no run directories, two runs with the same
-            method and seed, no ``retrain`` run, or a run whose seed has no ``retrain`` run (classifier runs),
-            classifier and diffusion runs mixed, or FIDs from different feature extractors.
+        ValueError: if no entry is a finished run directory (the message lists each entry and why it was
+            skipped); on a ``metrics.json`` or ``forget_set.json`` that is invalid JSON or has a missing or
+            ill-typed key (the message names the file); a run with no seed; runs of different forget sets
+            (unless ``allow_mixed_forget_sets``; the message names the runs on each side with their scenario,
+            seed and forget-set id); no run directories, two runs with the same method and seed, no ``retrain``
+            run, or a run whose seed has no ``retrain`` run (classifier runs); classifier and diffusion runs
+            mixed, or FIDs from different feature extractors.
 
     Example::
 
-        >>> print(build_report(["runs/retrain_s0", "runs/salun_s0"]), end="")  # doctest: +SKIP
-        | method | UA | RA | TA | MIA | Avg. Gap | RTE |
-        | --- | ---: | ---: | ---: | ---: | ---: | ---: |
-        | retrain | 5.24 | 100.00 | 94.26 | 12.88 | 0.00 | 43.29 |
-        | salun | 2.85 | 99.62 | 93.93 | 14.39 | 1.15 | 2.66 |
+        >>> import tempfile
+        >>> from salun_lightning.files import write_json
+        >>> runs = Path(tempfile.mkdtemp())  # two finished runs, as a fit writes them
+        >>> write_json(runs / "retrain" / "metrics.json",
+        ...            {"method": "retrain", "UA": 5.24, "RA": 100.0, "TA": 94.26, "MIA": 12.88, "RTE": 43.29})
+        >>> write_json(runs / "salun" / "metrics.json",
+        ...            {"method": "salun", "UA": 2.85, "RA": 99.62, "TA": 93.93, "MIA": 14.39, "RTE": 2.66})
+        >>> for run in ("retrain", "salun"):
+        ...     write_json(runs / run / "forget_set.json",
+        ...                {"id": "f3a1", "dataset": "digits", "description": "random 10%", "seed": 0})
+        >>> print(build_report([runs / "retrain", runs / "salun"], out_dir=runs), end="")
+        | method | forget set | UA | RA | TA | MIA | Avg. Gap | RTE |
+        | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |
+        | retrain | digits: random 10% | 5.24 | 100.00 | 94.26 | 12.88 | 0.00 | 43.29 |
+        | salun | digits: random 10% | 2.85 | 99.62 | 93.93 | 14.39 | 1.15 | 2.66 |
+        >>> sorted(path.name for path in runs.iterdir())
+        ['report.md', 'report.png', 'retrain', 'salun']
     """
-    if isinstance(run_dirs, (str, os.PathLike)):
-        raise TypeError(f"run_dirs must be a sequence of directories, got the single path {run_dirs!r}")
-    if not run_dirs:
-        raise ValueError("run_dirs is empty")
-    summaries = _summarise([_load_run(Path(directory)) for directory in run_dirs], retrain)
+    runs, skipped = _read_runs(run_dirs)
+    return _build(runs, skipped, out_dir, retrain, allow_mixed_forget_sets)[0]
+
+
+def _build(
+    runs: list[_Run], skipped: list[_Skipped], out_dir: Optional[PathLike], retrain: str, allow_mixed: bool
+) -> tuple[str, list[str]]:
+    """The table of :func:`build_report` (files written when ``out_dir`` is given), and the forget-set warnings."""
+    mixed = _check_forget_sets(runs, allow_mixed)
+    summaries = _summarise(runs, retrain)
     table = _markdown_table(summaries)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        document = _markdown_document(table, summaries, retrain).encode()
+        document = _markdown_document(table, summaries, retrain, skipped, mixed).encode()
         write_atomically(out / "report.md", lambda stream: stream.write(document))
         write_atomically(out / "report.png", lambda stream: _plot_gaps(summaries, retrain, stream))
-    return table
+    return table, mixed
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Print the report table for the given run directories, and write the files when ``--out`` is given.
+    """``salun report``: print the report table, and write the files when ``--out`` is given.
+
+    Each skipped entry gets one line on stderr (``skipped <path>: <reason>``), and with
+    ``--allow-mixed-forget-sets`` each way the forget sets differ one ``warning:`` line. Errors are raised as in
+    :func:`build_report`.
 
     Example::
 
-        python -m salun_lightning.report runs/retrain_s0 runs/salun_s0 --out reports/
+        >>> import tempfile
+        >>> from salun_lightning.files import write_json
+        >>> runs = Path(tempfile.mkdtemp())
+        >>> write_json(runs / "retrain" / "metrics.json", {"method": "retrain", "seed": 0, "UA": 5.24, "RA": 100.0,
+        ...                                              "TA": 94.26, "MIA": 12.88, "RTE": 43.29})
+        >>> write_json(runs / "ga" / "metrics.json", {"method": "ga", "seed": 0, "UA": 9.24, "RA": 96.0,
+        ...                                         "TA": 92.26, "MIA": 8.88, "RTE": None})
+        >>> (runs / "mask.safetensors").touch()  # not a run: skipped, with a line on stderr
+        >>> main([*map(str, sorted(runs.iterdir())), "--out", str(runs)])  # salun report <runs>/* --out <runs>
+        | method | forget set | UA | RA | TA | MIA | Avg. Gap | RTE |
+        | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |
+        | retrain | unknown | 5.24 | 100.00 | 94.26 | 12.88 | 0.00 | 43.29 |
+        | ga | unknown | 9.24 | 96.00 | 92.26 | 8.88 | 3.50 | n/a |
+        >>> sorted(path.name for path in runs.glob("report.*"))
+        ['report.md', 'report.png']
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m salun_lightning.report", description="Markdown report of classifier unlearning runs."
+    parser = argparse.ArgumentParser(prog="salun report", description="Markdown report of unlearning runs.")
+    parser.add_argument(
+        "run_dirs",
+        nargs="+",
+        type=Path,
+        help="run directories, each with a metrics.json (e.g. runs/digits/*); entries that are not finished run "
+        "directories (files, folders without metrics.json, folders marked INCOMPLETE) are skipped and listed",
     )
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories, each with a metrics.json")
     parser.add_argument("--out", type=Path, default=None, help="write report.md and report.png here")
     parser.add_argument("--retrain", default="retrain", help="method name of the reference runs")
+    parser.add_argument(
+        "--allow-mixed-forget-sets",
+        action="store_true",
+        help="compare runs of different forget sets (scenarios, or forget-set ids within a seed) on purpose; "
+        "the report carries a warning",
+    )
     args = parser.parse_args(argv)
-    print(build_report(args.run_dirs, args.out, args.retrain), end="")
+    runs, skipped = _read_runs(args.run_dirs)
+    for entry in skipped:
+        print(f"skipped {entry.path}: {entry.reason}", file=sys.stderr)
+    table, mixed = _build(runs, skipped, args.out, args.retrain, args.allow_mixed_forget_sets)
+    for problem in mixed:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(table, end="")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,21 @@ from torch.nn import functional as F
 import salun_lightning.classifier as classifier
 from salun_lightning import ClassifierUnlearningModule, UnlearningDataModule
 from salun_lightning.callbacks import WeightSaliencyCallback
-from salun_lightning.classifier import load_weights, random_other_labels
-from salun_lightning.models import build_classifier
+from salun_lightning.labels import random_other_labels
+from salun_lightning.models import build_classifier, load_weights
+from salun_lightning.runs import INCOMPLETE_FILENAME
 
 
-def make_data(**kwargs) -> UnlearningDataModule:
+def make_model(method: str, **kwargs) -> ClassifierUnlearningModule:
+    """A small ResNet for the digits (10 classes, 1 channel)."""
+    return ClassifierUnlearningModule(method, model="small_resnet", num_classes=10, in_channels=1, **kwargs)
+
+
+def make_data(model: ClassifierUnlearningModule = None, **kwargs) -> UnlearningDataModule:
+    """Digits data serving ``model``'s training stream."""
     options = dict(dataset="digits", forget_fraction=0.1, seed=0, batch_size=64)
+    if model is not None:
+        options["stream"] = model.train_stream
     options.update(kwargs)
     return UnlearningDataModule(**options)
 
@@ -37,8 +46,8 @@ def original(tmp_path_factory) -> Path:
     """A briefly trained original model on digits (method 'train')."""
     root = tmp_path_factory.mktemp("train")
     pl.seed_everything(0)
-    model = ClassifierUnlearningModule("train", model="small_resnet", lr=0.05)
-    trainer, data = make_trainer(root, max_epochs=3), make_data()
+    model = make_model("train", lr=0.05)
+    trainer, data = make_trainer(root, max_epochs=3), make_data(model)
     trainer.fit(model, data)
     trainer.test(model, data)
     return root / "model.safetensors"
@@ -55,15 +64,75 @@ def forget_loss(model: ClassifierUnlearningModule, data: UnlearningDataModule) -
 
 
 def test_train_writes_weights_and_metrics(original):
-    metrics = json.loads((original.parent / "metrics.json").read_text())
-    assert set(metrics) >= {"method", "seed", "UA", "RA", "TA", "MIA", "RTE"}
+    run = original.parent
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) >= {"method", "UA", "RA", "TA", "MIA", "RTE"}
     assert metrics["method"] == "train" and metrics["RTE"] > 0
     assert metrics["TA"] > 50  # three epochs on digits learn something
+    forget_set = json.loads((run / "forget_set.json").read_text())
+    assert forget_set["description"] == "random 10%" and forget_set["seed"] == 0 and forget_set["dataset"] == "digits"
+    assert forget_set["count"] == len(json.loads((run / "forget_indices.json").read_text()))
+    assert not (run / INCOMPLETE_FILENAME).exists()
+
+
+@pytest.mark.parametrize("method", ["ft", "salun"])
+def test_every_fit_saves_the_model_it_produced(original, tmp_path, method):
+    from safetensors import safe_open
+
+    model = make_model(method, original_weights=str(original))
+    make_trainer(tmp_path, limit_train_batches=2).fit(model, make_data(model))
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as saved:
+        metadata = saved.metadata()
+        for name, value in model.net.state_dict().items():
+            assert torch.equal(saved.get_tensor(name), value), name  # the unlearned weights, not the original
+    assert metadata["method"] == method and metadata["model"] == "small_resnet" and float(metadata["fit_minutes"]) > 0
+    assert not torch.equal(model.net.fc.weight.detach().cpu(), load_file_tensor(original, "fc.weight"))
+
+
+def load_file_tensor(path: Path, name: str) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))[name]
+
+
+class Explode(pl.Callback):
+    def on_train_batch_end(self, *args) -> None:
+        raise RuntimeError("the run dies here")
+
+
+def test_a_failed_fit_leaves_no_metrics_and_marks_its_directory(original, tmp_path):
+    model = make_model("ft", original_weights=str(original))
+    trainer = make_trainer(tmp_path, limit_train_batches=2)
+    trainer.fit(model, make_data(model))
+    trainer.test(model, make_data(model))
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "model.safetensors").is_file()
+    model = make_model("ft", original_weights=str(original))
+    with pytest.raises(RuntimeError, match="the run dies here"):
+        make_trainer(tmp_path, callbacks=[Explode()]).fit(model, make_data(model))
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "model.safetensors").exists()
+    assert "has not finished" in (tmp_path / INCOMPLETE_FILENAME).read_text()
+
+
+def test_test_of_a_checkpoint_writes_into_its_run(original, tmp_path):
+    model = make_model("ft", original_weights=str(original))
+    run = tmp_path / "ft"
+    trainer = make_trainer(run, limit_train_batches=1)
+    trainer.fit(model, make_data(model))
+    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
+    other = tmp_path / "elsewhere"
+    make_trainer(other).test(make_model("ft", original_weights=str(original)), make_data(), ckpt_path=str(run / "checkpoints" / "last.ckpt"))
+    assert json.loads((run / "metrics.json").read_text())["RTE"] > 0  # the checkpoint's fit minutes
+    assert not other.exists()
+
+
+def test_load_model_refuses_another_methods_model(original):
+    with pytest.raises(ValueError, match=r"was saved by method 'train', but this model is configured as 'ft'"):
+        make_model("ft", original_weights=str(original)).load_model(str(original))
 
 
 def test_metrics_match_a_hand_computation(original, tmp_path):
     data = make_data()
-    model = ClassifierUnlearningModule("ft", model="small_resnet", original_weights=str(original))
+    model = make_model("ft", original_weights=str(original))
     make_trainer(tmp_path).test(model, data)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     model.eval()
@@ -84,11 +153,9 @@ def test_metrics_match_a_hand_computation(original, tmp_path):
 
 
 def test_ga_raises_the_forget_loss(original, tmp_path):
-    data = make_data()
+    model = make_model("ga", original_weights=str(original), lr=0.05)
+    data = make_data(model)
     data.setup("fit")
-    model = ClassifierUnlearningModule(
-        "ga", model="small_resnet", original_weights=str(original), lr=0.05, num_classes=10, in_channels=1
-    )
     before = forget_loss(model, data)
     model.train()
     make_trainer(tmp_path, max_epochs=3).fit(model, data)
@@ -104,12 +171,12 @@ def test_rl_trains_on_labels_that_differ_from_the_true_ones(original, tmp_path, 
         seen.append(labels.clone())
         return real_cross_entropy(logits, labels, *args, **kwargs)
 
-    model = ClassifierUnlearningModule("rl", model="small_resnet", original_weights=str(original))
+    model = make_model("rl", original_weights=str(original))
     batches = []
     original_step = model.training_step
     model.training_step = lambda batch, batch_idx: (batches.append({k: v.clone() for k, v in batch.items()}), original_step(batch, batch_idx))[1]
     monkeypatch.setattr(classifier.F, "cross_entropy", spy)
-    make_trainer(tmp_path, limit_train_batches=4).fit(model, make_data())
+    make_trainer(tmp_path, limit_train_batches=4).fit(model, make_data(model))
     assert len(seen) == len(batches) == 4
     forget_seen = retain_seen = 0
     for labels, batch in zip(seen, batches):
@@ -131,11 +198,9 @@ def test_salun_leaves_non_salient_weights_untouched(original, tmp_path):
     from safetensors.torch import load_file
 
     start = load_file(str(original))
-    model = ClassifierUnlearningModule(
-        "salun", model="small_resnet", original_weights=str(original), save_mask_path=str(tmp_path / "mask.safetensors")
-    )
+    model = make_model("salun", original_weights=str(original), save_mask_path=str(tmp_path / "mask.safetensors"))
     trainer = make_trainer(tmp_path, max_epochs=2)
-    trainer.fit(model, make_data())
+    trainer.fit(model, make_data(model))
     saliency = next(c for c in trainer.callbacks if isinstance(c, WeightSaliencyCallback))
     changed = 0
     for name, param in model.net.named_parameters():
@@ -149,8 +214,8 @@ def test_salun_leaves_non_salient_weights_untouched(original, tmp_path):
 def test_retrain_starts_fresh_and_never_sees_forget_samples(original, tmp_path):
     from safetensors.torch import load_file
 
-    data = make_data()
-    model = ClassifierUnlearningModule("retrain", model="small_resnet")
+    model = make_model("retrain")
+    data = make_data(model)
     indices = []
     original_step = model.training_step
     model.training_step = lambda batch, batch_idx: (indices.append(batch["index"].clone()), original_step(batch, batch_idx))[1]
@@ -163,18 +228,18 @@ def test_retrain_starts_fresh_and_never_sees_forget_samples(original, tmp_path):
 
 
 def test_l1_sparse_adds_a_decaying_penalty(original, tmp_path):
-    model = ClassifierUnlearningModule("l1_sparse", model="small_resnet", original_weights=str(original), l1_alpha=1e-3)
+    model = make_model("l1_sparse", original_weights=str(original), l1_alpha=1e-3)
     weights = []
     model.log = lambda name, value, **kwargs: weights.append(value) if name == "train/l1_weight" else None
-    make_trainer(tmp_path, max_epochs=2).fit(model, make_data())
+    make_trainer(tmp_path, max_epochs=2).fit(model, make_data(model))
     assert weights[0] == pytest.approx(1e-3)
     assert weights == sorted(weights, reverse=True) and weights[-1] < weights[0] / 5
 
 
 def test_loads_a_lightning_checkpoint_strictly(original, tmp_path):
-    model = ClassifierUnlearningModule("ft", model="small_resnet", original_weights=str(original))
+    model = make_model("ft", original_weights=str(original))
     trainer = make_trainer(tmp_path, limit_train_batches=1)
-    trainer.fit(model, make_data())
+    trainer.fit(model, make_data(model))
     trainer.save_checkpoint(tmp_path / "ft.ckpt")
     net = build_classifier("small_resnet", 10, 1)
     load_weights(net, str(tmp_path / "ft.ckpt"))
@@ -186,7 +251,7 @@ def test_weights_mismatch_names_the_keys(original):
         load_weights(build_classifier("resnet18", 10, 1), str(original))
     with pytest.raises(ValueError, match=r"wrong shape \['fc\.weight \(10, 64\) != \(7, 64\)', 'fc\.bias \(10,\) != \(7,\)'\] \(2\)"):
         load_weights(build_classifier("small_resnet", 7, 1), str(original))
-    with pytest.raises(FileNotFoundError, match="does not exist; run the 'train' method first"):
+    with pytest.raises(FileNotFoundError, match="original_weights 'missing.safetensors' does not exist; run the 'train' method first"):
         load_weights(build_classifier("small_resnet", 10, 1), "missing.safetensors")
 
 
@@ -199,11 +264,12 @@ def test_weights_mismatch_names_the_keys(original):
         (dict(method="ft", original_weights="x", save_mask_path="m"), "belong to method 'salun', not 'ft'"),
         (dict(method="salun", original_weights="x", saliency_ratio=1.5), r"saliency_ratio must be in \(0, 1\]"),
         (dict(method="train", lr=-1.0), "lr must be positive"),
+        (dict(method="train", num_classes=None), "num_classes and in_channels are required"),
     ],
 )
 def test_argument_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        ClassifierUnlearningModule(**kwargs)
+        ClassifierUnlearningModule(**{"num_classes": 10, "in_channels": 1, **kwargs})
 
 
 def test_unknown_model_error():
@@ -216,13 +282,18 @@ def test_unknown_model_error():
 def test_two_process_ddp_salun_end_to_end(original, tmp_path):
     from safetensors.torch import load_file
 
-    model = ClassifierUnlearningModule(
-        "salun", model="small_resnet", original_weights=str(original), num_classes=10, in_channels=1
-    )
-    data = make_data()
+    model = make_model("salun", original_weights=str(original))
+    data = make_data(model)
     make_trainer(tmp_path, strategy="ddp_spawn", devices=2, max_epochs=1).fit(model, data)
     assert not torch.equal(model.net.fc.weight.detach(), load_file(str(original))["fc.weight"])  # trained weights came back
     make_trainer(tmp_path).test(model, data)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["method"] == "salun" and 0 <= metrics["UA"] <= 100
     assert json.loads((tmp_path / "forget_indices.json").read_text()) == data.split.forget.tolist()
+
+
+def test_an_unreadable_weights_file_names_the_file_and_the_option(original, tmp_path):
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(original.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"cannot read original_weights '.*cut\.safetensors': .*may be truncated"):
+        make_model("ft", original_weights=str(truncated))

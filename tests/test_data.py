@@ -300,7 +300,7 @@ def test_streams_and_sequential_order(tmp_path):
 
 
 def test_loaders_fetch_whole_batches(tmp_path, monkeypatch):
-    data = digits(tmp_path, batch_size=64)
+    data = digits(tmp_path, batch_size=64, stream="full")
     data.setup()
 
     def single_sample(self, position):
@@ -343,11 +343,9 @@ def test_sequential_stream_under_data_parallelism(tmp_path):
 
 
 class TinyClassifier(LightningModule):
-    def __init__(self, train_stream=None):
+    def __init__(self):
         super().__init__()
         self.layer = torch.nn.Linear(64, 10)
-        if train_stream is not None:
-            self.train_stream = train_stream
         self.train_batches, self.val_batches = [], []
 
     def training_step(self, batch, batch_idx):
@@ -361,21 +359,53 @@ class TinyClassifier(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.parametrize("train_stream", ["forget", None])
-def test_fit_reads_the_stream_from_the_module_and_writes_forget_indices(tmp_path, train_stream):
-    data = digits(tmp_path, forget_fraction=0.1, val_size=0 if train_stream else 50, batch_size=32)
-    model = TinyClassifier(train_stream)
+@pytest.mark.parametrize("stream", ["forget", "full"])
+def test_fit_serves_its_stream_and_writes_the_forget_set(tmp_path, stream):
+    data = digits(tmp_path, forget_fraction=0.1, val_size=0 if stream == "forget" else 50, batch_size=32, stream=stream)
+    model = TinyClassifier()
     trainer = Trainer(
         max_epochs=1, limit_train_batches=3, limit_val_batches=1, accelerator="cpu", default_root_dir=tmp_path,
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, logger=False,
     )  # fmt: skip
     trainer.fit(model, datamodule=data)
-    assert len(model.train_batches) == 3 and len(model.val_batches) == (0 if train_stream else 2)  # sanity + epoch
+    assert len(model.train_batches) == 3 and len(model.val_batches) == (0 if stream == "forget" else 2)  # sanity + epoch
     batches = model.train_batches + model.val_batches
     assert all(b["image"].dtype == torch.float32 and "augment" not in b for b in batches)
     flags = torch.cat([b["is_forget"] for b in model.train_batches])
-    assert flags.all() if train_stream == "forget" else 0 < flags.sum() < len(flags)
-    assert json.loads((Path(trainer.default_root_dir) / "forget_indices.json").read_text()) == data.split.forget.tolist()
+    assert flags.all() if stream == "forget" else 0 < flags.sum() < len(flags)
+    run = Path(trainer.default_root_dir)
+    assert json.loads((run / "forget_indices.json").read_text()) == data.split.forget.tolist()
+    record = json.loads((run / "forget_set.json").read_text())
+    assert record == {"id": data.forget_set_id, "description": "random 10%", "dataset": "digits", "seed": 0,
+                      "count": len(data.split.forget)}
+
+
+def test_no_stream_is_a_clear_error(tmp_path):
+    data = digits(tmp_path, forget_fraction=0.1)
+    data.setup("fit")
+    with pytest.raises(ValueError, match=r"no training stream: set stream=<the model's train_stream>"):
+        data.train_dataloader()
+
+
+def test_forget_set_id_is_the_hash_of_the_sorted_indices(tmp_path):
+    import hashlib
+
+    data = digits(tmp_path, forget_fraction=0.1)
+    data.setup("test")
+    expected = hashlib.sha256(f"digits:{len(data._load().train_labels)}:".encode())
+    expected.update(data.split.forget.sort().values.numpy().astype("<i8").tobytes())
+    assert data.forget_set_id == "sha256:" + expected.hexdigest()
+    other = digits(tmp_path, forget_fraction=0.1, seed=1)
+    assert other.forget_set_id != data.forget_set_id  # another seed draws another forget set
+    assert digits(tmp_path, forget_fraction=0.1).forget_set_id == data.forget_set_id
+    assert not (tmp_path / "forget_set.json").exists()  # only a fit writes the forget set
+
+
+def test_test_batches_name_their_split(tmp_path):
+    data = digits(tmp_path, forget_set="class", forget_class=3)
+    data.setup("test")
+    names = [next(iter(loader))["split"] for loader in data.test_dataloader()]
+    assert names == data.test_split_names == ["forget", "retain", "test", "test_forgotten_class"]
 
 
 # ------------------------------------------------------------------------------------------------------- errors

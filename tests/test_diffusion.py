@@ -16,8 +16,8 @@ from lightning.pytorch import Callback, Trainer
 from PIL import Image
 from torch.nn import functional as F
 
-from salun_lightning.callbacks import WeightSaliencyCallback
-from salun_lightning.cli import main
+from salun_lightning.callbacks import WeightSaliencyCallback, load_mask
+from salun_lightning.cli import run as salun
 from salun_lightning.diffusion import (
     ClassConditionalDiffusion,
     DiffusionDataModule,
@@ -75,6 +75,9 @@ TEXT_ENCODER = {
     "pad_token_id": 513,
 }
 UNLEARNING = ("ga", "rl", "salun")
+# What the salun command line links from the digits data module (forget digit 0, 8x8 images).
+DIGITS = {"forget_class": 0, "image_shape": (1, 8, 8)}
+NAMES, PROMPTS = [str(c) for c in range(10)], [f"an image of {c}" for c in range(10)]
 
 
 def write_tokenizer(directory: Path) -> Path:
@@ -101,7 +104,7 @@ def data(**kwargs) -> DiffusionDataModule:
 
 def pixel_model(method: str = "train", **kwargs) -> ClassConditionalDiffusion:
     parts = {"unet": PIXEL_UNET, "scheduler": SCHEDULER} if method in ("train", "retrain") else {}
-    return ClassConditionalDiffusion(method=method, num_classes=10, **{**parts, **kwargs})
+    return ClassConditionalDiffusion(method=method, num_classes=10, **{**DIGITS, **parts, **kwargs})
 
 
 def text_model(tokenizer: Path, method: str = "train", **kwargs) -> TextToImageDiffusion:
@@ -110,10 +113,12 @@ def text_model(tokenizer: Path, method: str = "train", **kwargs) -> TextToImageD
                  "scheduler": SCHEDULER}
     else:
         parts = {}
-    return TextToImageDiffusion(method=method, **{**parts, **kwargs})
+    return TextToImageDiffusion(method=method, **{**DIGITS, "class_names": NAMES, "class_prompts": PROMPTS, **parts,
+                                                  **kwargs})
 
 
 def fit(model, datamodule, root: Path, steps: int = 1, **trainer_args) -> Trainer:
+    datamodule.hparams.stream = model.train_stream  # as the salun command line links it
     trainer = Trainer(**{"accelerator": "cpu", "devices": 1, **trainer_args}, max_steps=steps, default_root_dir=root,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule)
@@ -267,7 +272,6 @@ def test_salun_under_ddp_keeps_one_mask_and_one_model_on_every_rank(originals, t
 def test_the_forget_loss_target_carries_no_gradient(kind, originals, tokenizer):
     model = build(kind, "rl", originals, tokenizer)
     datamodule = data()
-    model.bind_data(datamodule)
     batch = datamodule.on_after_batch_transfer(next(iter(datamodule.forget_dataloader())), 0)
     params = [p for p in model.unet.parameters()]
 
@@ -355,12 +359,10 @@ def test_the_sum_reduction_sums_the_squared_error_over_each_sample(originals, to
 
 def test_pseudo_classes_differ_from_the_forgotten_class(originals, tokenizer):
     model = build("pixel", "rl", originals, tokenizer, pseudo="random")
-    model.bind_data(data())
     classes = torch.zeros(500, dtype=torch.long)
     pseudo = model.pseudo_condition({"class": classes})
     assert (pseudo != 0).all() and set(pseudo.tolist()) == set(range(1, 10))
     text = build("text", "rl", originals, tokenizer)
-    text.bind_data(data())
     assert text.pseudo_condition({"class": classes[:2]}) == ["an image of 1"] * 2
 
 
@@ -368,7 +370,6 @@ def test_pseudo_classes_differ_from_the_forgotten_class(originals, tokenizer):
 @pytest.mark.parametrize("kind", ["pixel", "text"])
 def test_sampling_is_deterministic_under_a_seed(kind, originals, tokenizer):
     model = build(kind, "salun", originals, tokenizer)
-    model.bind_data(data())
     conditions = model.class_condition(torch.tensor([0, 3, 3, 7]))
     first = sample_images(model, conditions, seed=5, steps=2, batch_size=4)
     assert first.shape == (4, *model.image_shape) and 0 <= first.min() and first.max() <= 1
@@ -469,12 +470,27 @@ def test_the_base_module_names_what_a_conditioning_must_define():
 
 def test_a_pseudo_class_equal_to_the_forgotten_one_is_refused(originals, tokenizer):
     for kind in ("pixel", "text"):
-        model = build(kind, "rl", originals, tokenizer, pseudo="class", pseudo_class="0")
         with pytest.raises(ValueError, match="is the forgotten class itself"):
-            model.bind_data(data())
-    model = build("text", "rl", originals, tokenizer, pseudo="prompt", anchor_prompt="an image of 0")
+            build(kind, "rl", originals, tokenizer, pseudo="class", pseudo_class="0")
     with pytest.raises(ValueError, match="forgotten class's own prompt"):
-        model.bind_data(data())
+        build("text", "rl", originals, tokenizer, pseudo="prompt", anchor_prompt="an image of 0")
+
+
+def test_unlearning_needs_the_forgotten_class_and_text_pseudo_classes_need_prompts(originals, tokenizer):
+    with pytest.raises(ValueError, match=r"method 'salun' needs a forgotten class: set forget_class"):
+        build("pixel", "salun", originals, tokenizer, forget_class=None)
+    with pytest.raises(ValueError, match=r"pseudo='next' conditions on other classes' prompts: give class_prompts"):
+        build("text", "salun", originals, tokenizer, class_prompts=None)
+
+
+def test_a_hub_id_that_cannot_be_fetched_says_how_to_use_a_local_directory(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"pretrained 'CompVis/stable-diffusion-v1-4': no such local directory, "
+                                                 r"and as a Hugging Face Hub id it could not be fetched .*Hub ids need "
+                                                 r"the network.*set pretrained to that local directory"):
+        TextToImageDiffusion(method="salun", pretrained="CompVis/stable-diffusion-v1-4")
+    with pytest.raises(FileNotFoundError, match=r"pretrained 'no/such/dir' is not a directory"):
+        TextToImageDiffusion(method="salun", pretrained="no/such/dir")
 
 
 @pytest.mark.parametrize("part", ["vae", "text_encoder", "unet", "scheduler", "tokenizer"])
@@ -486,16 +502,15 @@ def test_a_components_directory_missing_a_part_is_named(part, originals, tmp_pat
 
 @pytest.mark.parametrize("kind", ["pixel", "text"])
 def test_images_of_the_wrong_size_or_channels_are_refused(kind, originals, tokenizer, tmp_path):
-    model = build(kind, "salun", originals, tokenizer)
     with pytest.raises(ValueError, match="1x16x16 .* set the data's image_size: 8 and channels: 1"):
-        fit(model, data(image_size=16), tmp_path)
+        build(kind, "salun", originals, tokenizer, image_shape=data(image_size=16).image_shape)
     with pytest.raises(ValueError, match="3x8x8 .* channels: 1"):
-        model.bind_data(data(channels=3))
+        build(kind, "salun", originals, tokenizer, image_shape=data(channels=3).image_shape)
 
 
 # ---------------------------------------------------------------------------------------------------- configs
 def run(*args: str) -> None:
-    main([*args, "--trainer.enable_progress_bar=false"])
+    salun([*args, "--trainer.enable_progress_bar=false"])
 
 
 def test_ddpm_digits_configs_train_unlearn_and_sample(tmp_path):
@@ -508,13 +523,13 @@ def test_ddpm_digits_configs_train_unlearn_and_sample(tmp_path):
         run("fit", "--config", str(CONFIGS / f"ddpm_digits_{method}.yaml"), f"--trainer.default_root_dir={root}",
             *small, *extra)
         assert json.loads((root / "run.json").read_text())["method"] == method
-    salun = ["--config", str(CONFIGS / "ddpm_digits_salun.yaml"), f"--trainer.default_root_dir={tmp_path / 'salun'}",
-             f"--model.init_args.pretrained={original}"]
+    unlearning = ["--config", str(CONFIGS / "ddpm_digits_salun.yaml"),
+                  f"--trainer.default_root_dir={tmp_path / 'salun'}", f"--model.init_args.pretrained={original}"]
     unlearned = (tmp_path / "salun" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
-    main(["mask", *salun, "--ratio", "0.3", "--out", str(tmp_path / "mask.safetensors")])
-    assert (tmp_path / "mask.safetensors").is_file()
+    run("mask", *unlearning, "--model.init_args.saliency_ratio=0.3", "--out", str(tmp_path / "mask.safetensors"))
+    assert load_mask(tmp_path / "mask.safetensors")[1]["ratio"] == "0.3"
     assert (tmp_path / "salun" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == unlearned  # no step
-    main(["sample", *salun, "--out", str(tmp_path / "samples"), "--num_per_class", "2", "--steps", "2",
+    salun(["sample", *unlearning, "--out", str(tmp_path / "samples"), "--num_per_class", "2", "--steps", "2",
           "--classes", "0", "3"])
     summary = json.loads((tmp_path / "samples" / "samples.json").read_text())
     assert summary["class_indices"] == [0, 3] and summary["forget_class"] == 0 and summary["guidance"] == 2.0
@@ -536,7 +551,7 @@ def test_text_to_image_configs_and_the_stable_diffusion_config_run(tmp_path):
     config = yaml.safe_load((CONFIGS / "sd_class_forgetting.yaml").read_text())
     model, data_args = config["model"]["init_args"], config["data"]["init_args"]
     assert (model["alpha"], model["lr"], data_args["batch_size"], config["trainer"]["max_epochs"]) == (0.5, 1e-5, 8, 5)
-    main(["sample", "--config", str(CONFIGS / "t2i_digits_salun.yaml"), f"--model.init_args.pretrained={original}",
+    salun(["sample", "--config", str(CONFIGS / "t2i_digits_salun.yaml"), f"--model.init_args.pretrained={original}",
           f"--trainer.default_root_dir={tmp_path / 'salun'}", "--out", str(tmp_path / "samples"),
           "--num_per_class", "1", "--steps", "2", "--prompts", "an image of the digit 4"])
     assert json.loads((tmp_path / "samples" / "samples.json").read_text())["names"] == ["an image of the digit 4"]
@@ -557,5 +572,5 @@ def test_unlearning_from_saved_components_trains_the_denoiser_in_train_mode(tmp_
     modes = Modes()
     trainer = Trainer(accelerator="cpu", max_steps=2, default_root_dir=tmp_path / "salun", logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, callbacks=[modes])
-    trainer.fit(model, data())
+    trainer.fit(model, data(stream=model.train_stream))
     assert modes.seen == [True, True]

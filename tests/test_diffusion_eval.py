@@ -10,20 +10,16 @@ import torch
 from scipy import linalg
 from torch.nn import functional as F
 
-import salun_lightning.diffusion_eval as diffusion_eval
-from salun_lightning.classifier import save_weights
-from salun_lightning.diffusion_eval import (
+import salun_lightning.metrics.generation as generation
+from salun_lightning.diffusion.evaluation import Judge, JudgeFeatures, evaluate_generations, write_metrics
+from salun_lightning.metrics.generation import (
     INCEPTION_FEATURES,
-    Judge,
-    JudgeFeatures,
-    evaluate_generations,
     fid_score,
     find_inception_weights,
     retained_accuracy,
     unlearning_accuracy,
-    write_metrics,
 )
-from salun_lightning.models import build_classifier
+from salun_lightning.models import build_classifier, save_weights
 
 MEAN, STD, SIZE, CLASSES = [0.5], [0.25], (8, 8), 3
 
@@ -190,10 +186,10 @@ def test_judge_load_checks_weights_and_images(judge, weights):
 
 
 def test_fid_with_judge_features_matches_a_hand_computed_frechet_distance(judge, monkeypatch):
-    monkeypatch.setattr(diffusion_eval, "find_inception_weights", lambda path=None: None)
+    monkeypatch.setattr(generation, "find_inception_weights", lambda path=None: None)
     real, fake = images(160, seed=3), images(120, seed=4, shift=0.4)
-    same, name = fid_score(real, real, judge)
-    shifted, _ = fid_score(real, fake, judge, batch_size=50)
+    same, name = fid_score(real, real, JudgeFeatures(judge))
+    shifted, _ = fid_score(real, fake, JudgeFeatures(judge), batch_size=50)
     expected = frechet_distance(judge.features(real).double().numpy(), judge.features(fake).double().numpy())
     assert name == "judge-penultimate-64" == JudgeFeatures(judge).name
     assert abs(same) < 1e-3 * shifted
@@ -215,54 +211,54 @@ def test_fid_auto_prefers_inception_when_its_weights_are_at_hand(judge, monkeypa
         def compute(self):
             return torch.tensor(1.5)
 
-    monkeypatch.setattr(diffusion_eval, "find_inception_weights", lambda path=None: tmp_path / "w.pth")
-    monkeypatch.setattr(diffusion_eval, "FrechetInceptionDistance", RecordingFID)
+    monkeypatch.setattr(generation, "find_inception_weights", lambda path=None: tmp_path / "w.pth")
+    monkeypatch.setattr(generation, "FrechetInceptionDistance", RecordingFID)
     real = torch.cat([torch.full((2, 1, 4, 4), -1.0), torch.full((1, 1, 4, 4), 1.0)])
-    assert fid_score(real, real, judge) == (1.5, INCEPTION_FEATURES)
+    assert fid_score(real, real, JudgeFeatures(judge)) == (1.5, INCEPTION_FEATURES)
     assert calls["feature"] == 2048 and calls["weights"] == str(tmp_path / "w.pth")
     assert calls["inputs"] == [(torch.uint8, (3, 3, 4, 4), 0, 255)] * 2
-    assert fid_score(real, real, judge, features="judge")[1] == "judge-penultimate-64"
+    assert fid_score(real, real, JudgeFeatures(judge), features="judge")[1] == "judge-penultimate-64"
 
 
 def test_find_inception_weights_never_downloads(monkeypatch, tmp_path):
     hub = tmp_path / "hub"
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-    monkeypatch.setattr(diffusion_eval.importlib.util, "find_spec", lambda name: object())  # torch-fidelity "installed"
+    monkeypatch.setattr(generation.importlib.util, "find_spec", lambda name: object())  # torch-fidelity "installed"
     assert find_inception_weights() is None
-    cached = hub / "checkpoints" / diffusion_eval.INCEPTION_WEIGHTS_FILENAME
+    cached = hub / "checkpoints" / generation.INCEPTION_WEIGHTS_FILENAME
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"weights")
     assert find_inception_weights() == cached
     with pytest.raises(FileNotFoundError, match="do not exist"):
         find_inception_weights(tmp_path / "missing.pth")
-    monkeypatch.setattr(diffusion_eval.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(generation.importlib.util, "find_spec", lambda name: None)
     assert find_inception_weights() is None
     with pytest.raises(ModuleNotFoundError, match="need torch-fidelity"):
         find_inception_weights(cached)
 
 
 def test_fid_errors(judge, monkeypatch):
-    monkeypatch.setattr(diffusion_eval, "find_inception_weights", lambda path=None: None)
+    monkeypatch.setattr(generation, "find_inception_weights", lambda path=None: None)
     real = images(4, seed=5)
     with pytest.raises(ValueError, match="N >= 2"):
-        fid_score(real[:1], real, judge)
+        fid_score(real[:1], real, JudgeFeatures(judge))
     with pytest.raises(ValueError, match=r"fake_images must be a \(N, C, H, W\)"):
-        fid_score(real, real[0], judge)
-    with pytest.raises(ValueError, match="pass a judge"):
+        fid_score(real, real[0], JudgeFeatures(judge))
+    with pytest.raises(ValueError, match=r"or fallback features: pass JudgeFeatures\(judge\)"):
         fid_score(real, real)
     with pytest.raises(ValueError, match="Inception features need torch-fidelity"):
-        fid_score(real, real, judge, features="inception")
+        fid_score(real, real, JudgeFeatures(judge), features="inception")
     with pytest.raises(ValueError, match="features must be"):
-        fid_score(real, real, judge, features="clip")
+        fid_score(real, real, JudgeFeatures(judge), features="clip")
     with pytest.raises(ValueError, match="batch_size must be positive"):
-        fid_score(real, real, judge, batch_size=0)
+        fid_score(real, real, JudgeFeatures(judge), batch_size=0)
 
 
 # --- evaluate_generations / write_metrics ---
 
 
 def test_evaluate_generations_and_write_metrics(judge, tmp_path, monkeypatch):
-    monkeypatch.setattr(diffusion_eval, "find_inception_weights", lambda path=None: None)
+    monkeypatch.setattr(generation, "find_inception_weights", lambda path=None: None)
     generations = {0: images(10, seed=6), 1: images(12, seed=7, shift=0.5), 2: images(8, seed=8, shift=-0.5)}
     real = images(20, seed=9)
     metrics = evaluate_generations(judge, generations, forgotten_class=0, real_retained=real)
@@ -275,7 +271,7 @@ def test_evaluate_generations_and_write_metrics(judge, tmp_path, monkeypatch):
     assert metrics["per_class_accuracy"] == {str(c): 100 * (preds[c] == c).double().mean().item() for c in range(3)}
     assert metrics["per_class_accuracy"]["0"] == pytest.approx(100 - metrics["UA"])
     assert metrics["generations_per_class"] == {"0": 10, "1": 12, "2": 8}
-    fid = fid_score(real, torch.cat([generations[1], generations[2]]), judge)
+    fid = fid_score(real, torch.cat([generations[1], generations[2]]), JudgeFeatures(judge))
     assert (metrics["FID"], metrics["fid_features"]) == fid
 
     path = write_metrics(tmp_path / "run", {"method": "salun", "seed": 0, **metrics})

@@ -1,4 +1,4 @@
-"""Classifier metrics against hand-computed values and a direct scikit-learn attacker, with and without DDP."""
+"""Classifier metrics against hand-computed values and the attacker SPEC section 4 prescribes, with and without DDP."""
 
 import doctest
 import math
@@ -22,21 +22,6 @@ def logits_for(confidence: torch.Tensor, labels: torch.Tensor, num_classes: int 
     probabilities = rest.unsqueeze(1).repeat(1, num_classes)
     probabilities[torch.arange(len(labels)), labels] = confidence
     return probabilities.double().log()
-
-
-def reference_efficacy(retain: np.ndarray, test: np.ndarray, forget: np.ndarray, seed: int) -> float:
-    """The attacker written out: sort, balance by a seeded draw without replacement, fit SVC, predict forget."""
-    members, non_members = np.sort(retain), np.sort(test)
-    size = min(len(members), len(non_members))
-    rng = np.random.default_rng(seed)
-    if len(members) > size:
-        members = members[np.sort(rng.choice(len(members), size, replace=False))]
-    elif len(non_members) > size:
-        non_members = non_members[np.sort(rng.choice(len(non_members), size, replace=False))]
-    assert len(members) == len(non_members) == size
-    features = np.concatenate([members, non_members])[:, None]
-    attacker = SVC(C=3, gamma="auto", kernel="rbf").fit(features, np.r_[np.ones(size), np.zeros(size)])
-    return 100.0 * float((attacker.predict(np.sort(forget)[:, None]) == 0).mean())
 
 
 def random_confidences(seed: int, retain: int, test: int, forget: int) -> tuple[torch.Tensor, ...]:
@@ -109,14 +94,103 @@ def test_mia_efficacy_separable_hand_values():
     assert mia_efficacy(members, non_members, torch.tensor([0.1, 0.08, 0.12, 0.0])) == 100.0
 
 
-@pytest.mark.parametrize(
-    ("sizes", "seed"), [((300, 120, 80), 0), ((300, 120, 80), 7), ((90, 200, 50), 3), ((64, 64, 10), 0)]
-)
-def test_mia_efficacy_matches_direct_svc(sizes, seed):
-    retain, test, forget = random_confidences(seed, *sizes)
-    expected = reference_efficacy(retain.double().numpy(), test.double().numpy(), forget.double().numpy(), seed)
-    assert mia_efficacy(retain, test, forget, seed=seed) == expected
-    assert 0.0 < expected < 100.0  # the attacker is not trivially all one class here
+@pytest.mark.parametrize(("member", "non_member"), [(1.0, 0.0), (0.9, 0.3), (0.3, 0.9)])
+@pytest.mark.parametrize(("n_retain", "n_test"), [(5, 8), (1000, 10), (10, 1000)])
+def test_mia_efficacy_two_point_shadow_set_splits_at_the_midpoint(member, non_member, n_retain, n_test):
+    """All members at ``a``, all non-members at ``b``: a forget value is a non-member iff it is nearer ``b``.
+
+    By hand: with two distinct training points and K(u, v) = exp(-(u - v) ** 2) (gamma="auto" is 1 for one
+    feature), sum(alpha * y) = 0 puts the same total dual weight A on both points, so
+    f(x) = A * (K(a, x) - K(b, x)) + rho; the margin conditions f(a) = 1 and f(b) = -1 give rho = 0 and
+    A = 1 / (1 - K(a, b)) <= 3.31 < C * min(n_retain, n_test), so both points are free support vectors.
+    Hence f(x) < 0 exactly when |x - b| < |x - a|. Copies of a point do not move f, so balancing 1000 against
+    10 identical values must give the same answer as 5 against 8.
+    """
+    # Fails on: swapped labels or reporting the member share (gives 100 - expected), a fraction instead of a
+    # percentage, a fixed threshold (e.g. "confidence < 0.5 is a non-member": wrong at s = 0.55 for 0.9/0.3 and
+    # for every point of 0.3/0.9), or a balancing step that crashes or empties a group when sizes differ.
+    retain, test = torch.full((n_retain,), member), torch.full((n_test,), non_member)
+    steps = [0.0, 0.2, 0.4, 0.55, 0.7, 0.9, 1.0]  # forget = a + s * (b - a); nearer b iff s > 0.5: 4 of 7
+    forget = torch.tensor([member + s * (non_member - member) for s in steps])
+    assert mia_efficacy(retain, test, forget) == pytest.approx(400 / 7)
+    assert mia_efficacy(retain, test, forget[:3]) == 0.0
+    assert mia_efficacy(retain, test, forget[3:]) == 100.0
+    assert mia_efficacy(retain, test, forget[[0, 3, 4, 5]]) == 75.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("larger", ["retain", "test"])
+def test_mia_efficacy_identical_larger_group_equals_equal_sizes(larger, seed):
+    """The larger group, all one value, is cut down to the smaller group's size: only copies are dropped.
+
+    So 2000 copies against 40 values must give exactly the result of 40 copies against the same 40 values
+    (the attacker then sees identical training sets), whatever the seed.
+    """
+    # Fails on: no balancing, or class_weight instead of subsampling (the 40 values sit within 0.1 of the copies,
+    # where C=3 caps each copy's dual weight, so 2000 copies outweigh 40 and move the boundary), or drawing
+    # from / resampling the smaller group (a subsample of the 40 spread values changes the attacker).
+    generator = torch.Generator().manual_seed(seed)
+    forget = torch.linspace(0, 1, 201)
+    spread = 0.08 * torch.rand(40, generator=generator)
+    if larger == "retain":
+        smaller = 0.9 + spread  # non-members just below the members at 1.0
+        balanced = mia_efficacy(torch.ones(40), smaller, forget, seed=seed)
+        assert mia_efficacy(torch.ones(2000), smaller, forget, seed=seed) == balanced
+    else:
+        smaller = 0.02 + spread  # members just above the non-members at 0.0
+        balanced = mia_efficacy(smaller, torch.zeros(40), forget, seed=seed)
+        assert mia_efficacy(smaller, torch.zeros(2000), forget, seed=seed) == balanced
+    assert 0.0 < balanced < 100.0  # the boundary lies inside [0, 1], so a moved boundary shows
+
+
+@pytest.mark.parametrize(("n_retain", "n_test"), [(60, 25), (25, 60)])
+def test_mia_efficacy_fits_the_spec_attacker_on_a_balanced_shadow_set(monkeypatch, n_retain, n_test):
+    """The attacker as SPEC section 4 states it, observed through a recording stand-in for ``SVC``.
+
+    Retain and test values are disjoint (retain >= 0.4 > test), so a fit value tells its group by hand.
+    """
+    # Fails on: other C / gamma / kernel, swapped member and non-member labels, unequal class counts (no
+    # balancing or class_weight), a draw with replacement (repeated retain values), subsampling the smaller
+    # group, predicting on anything but D_f, or a seed that is ignored (unseeded or fixed generator).
+    calls = []
+
+    class RecordingSVC:
+        def __init__(self, *args, **kwargs):
+            self.svc = SVC(*args, **kwargs)
+            self.record = {"params": self.svc.get_params()}
+            calls.append(self.record)
+
+        def fit(self, features, targets):
+            self.record["fit"] = (np.array(features, dtype=float), np.array(targets, dtype=float))
+            self.svc.fit(features, targets)
+            return self
+
+        def predict(self, features):
+            self.record["predict"] = np.array(features, dtype=float)
+            return self.svc.predict(features)
+
+    monkeypatch.setattr(functional, "SVC", RecordingSVC)
+    retain = 0.4 + torch.arange(n_retain, dtype=torch.float64) / 100
+    test = torch.arange(n_test, dtype=torch.float64) / 100
+    forget = torch.tensor([0.05, 0.9, 0.3, 0.7, 0.5], dtype=torch.float64)
+    for seed in (1, 1, 2):
+        mia_efficacy(retain, test, forget, seed=seed)
+    assert len(calls) == 3
+    record = calls[0]
+    params = {key: record["params"][key] for key in ("C", "gamma", "kernel", "class_weight")}
+    assert params == {"C": 3, "gamma": "auto", "kernel": "rbf", "class_weight": None}
+    features, targets = record["fit"]
+    size = min(n_retain, n_test)
+    assert features.shape == (2 * size, 1) and sorted(set(targets.tolist())) == [0.0, 1.0]
+    members, non_members = np.sort(features[targets == 1, 0]), np.sort(features[targets == 0, 0])
+    assert len(members) == len(non_members) == size
+    larger, smaller = (members, non_members) if n_retain > n_test else (non_members, members)
+    larger_values = (retain if n_retain > n_test else test).numpy()
+    np.testing.assert_array_equal(smaller, np.sort((test if n_retain > n_test else retain).numpy()))  # whole
+    assert len(np.unique(larger)) == size and np.isin(larger, larger_values).all()  # a subset, no repeats
+    np.testing.assert_array_equal(np.sort(record["predict"][:, 0]), np.sort(forget.numpy()))
+    np.testing.assert_array_equal(calls[1]["fit"][0], features)  # same seed, same draw
+    assert not np.array_equal(calls[2]["fit"][0], features)  # another seed, another of C(60, 25) subsets
 
 
 def test_mia_efficacy_ignores_sample_order():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -89,6 +90,28 @@ def trainer(**kwargs) -> pl.Trainer:
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    return f"{tensor.dtype}{tuple(tensor.shape)}".encode() + tensor.detach().cpu().contiguous().numpy().tobytes()
+
+
+def reference_parameter_hash(parameters: dict[str, torch.Tensor]) -> str:
+    """The documented parameter hash: sha256 over each name, then its tensor's dtype, shape and bytes."""
+    return hashlib.sha256(b"".join(name.encode() + _tensor_bytes(v) for name, v in parameters.items())).hexdigest()
+
+
+def reference_batches_hash(loader) -> str:
+    """The documented forget-set hash: every tensor of every batch, dicts in key order, tuples and lists in order."""
+
+    def tensors(batch):
+        if isinstance(batch, torch.Tensor):
+            return [batch]
+        values = batch.values() if isinstance(batch, dict) else batch
+        return [t for value in values for t in tensors(value)]
+
+    data = b"".join(_tensor_bytes(t) for batch in loader for t in tensors(batch))
+    return "batches-sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def test_mask_equals_hand_made_reference_in_plain_module():
@@ -278,7 +301,10 @@ def test_upstream_mask_format_loads(tmp_path):
     path = tmp_path / "with_0.5.pt"
     torch.save(upstream, path)
     callback = WeightSaliencyCallback(mask_path=str(path))
-    trainer(max_epochs=1, callbacks=[callback], limit_train_batches=1).fit(model, DataLoader(make_dataset(8, 2), batch_size=4))
+    unknown = re.escape(f"mask_path {str(path)!r} records no forget_set, ratio, parameter_hash (an upstream SalUn mask "
+                        "or an older file): its provenance is unknown")
+    with pytest.warns(UserWarning, match=unknown):
+        fit_with(callback, model)
     for name, value in upstream.items():
         assert torch.equal(callback.mask[name], value.bool())
 
@@ -340,9 +366,13 @@ def test_ddp_mask_is_identical_on_every_rank_and_equals_single_process(tmp_path)
     model = PlainClassifier("sgd", unused_layer=True)
     start = snapshot(model)
     single = reference_mask(PlainClassifier("sgd", unused_layer=True), forget, 0.5)
-    callback = WeightSaliencyCallback(forget_dataloader=DataLoader(forget, batch_size=2))
+    mask_file = tmp_path / "mask.safetensors"
+    callback = WeightSaliencyCallback(forget_dataloader=DataLoader(forget, batch_size=2), save_mask_path=str(mask_file))
     fit = trainer(max_epochs=2, callbacks=[callback, RankDump(str(tmp_path))], strategy="ddp_spawn_find_unused_parameters_true", devices=2)
     fit.fit(model, DataLoader(make_dataset(32, 2), batch_size=4))
+    _, metadata = load_mask(mask_file)  # the forget set's id is that of the whole (unsharded) forget loader
+    assert metadata["forget_set"] == reference_batches_hash(DataLoader(forget, batch_size=2))
+    assert metadata["parameter_hash"] == reference_parameter_hash(start)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for name, expected in single.items():
         assert torch.equal(ranks[0]["mask"][name], expected), name
@@ -520,6 +550,101 @@ def test_malicious_pickle_is_refused_not_run(tmp_path):
     with pytest.raises(ValueError, match="is not a mask file"):
         load_mask(legacy)
     assert not marker.exists()
+
+
+class ManualClassifier(PlainClassifier):
+    """Manual optimization: training_step steps the optimizer itself."""
+
+    def __init__(self) -> None:
+        super().__init__("sgd")
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+
+def test_manual_optimization_without_a_saliency_loss_is_refused_before_any_step():
+    model = ManualClassifier()
+    start = snapshot(model)
+    message = re.escape(
+        "ManualClassifier uses manual optimization, so WeightSaliencyCallback cannot use its training_step as the "
+        "saliency loss (it would step the optimizer on forget data): pass WeightSaliencyCallback(loss_fn=...) or "
+        "define saliency_loss(batch) on the module."
+    )
+    with pytest.raises(MisconfigurationException, match=message):
+        fit_with(WeightSaliencyCallback(forget_dataloader=DataLoader(make_dataset(8, 1), batch_size=4)), model)
+    for name, param in model.named_parameters():
+        assert torch.equal(param.detach().view(torch.int32), start[name].view(torch.int32)), name
+
+
+def test_manual_optimization_with_loss_fn_trains_under_the_mask():
+    def loss_fn(module, batch):
+        x, y = batch
+        return F.cross_entropy(module(x), y)
+
+    forget = make_dataset(16, 1)
+    model = ManualClassifier()
+    start = snapshot(model)
+    callback = WeightSaliencyCallback(forget_dataloader=DataLoader(forget, batch_size=4), loss_fn=loss_fn)
+    trainer(max_epochs=2, callbacks=[callback]).fit(model, DataLoader(make_dataset(32, 2), batch_size=8))
+    moved = 0
+    for name, expected in reference_mask(ManualClassifier(), forget, 0.5).items():
+        assert torch.equal(callback.mask[name], expected), name
+        param = model.get_parameter(name).detach()
+        assert torch.equal(param[~expected], start[name][~expected]), name
+        moved += int((param[expected] != start[name][expected]).sum())
+    assert moved > 0.5 * callback.saliency_stats["kept"]
+
+
+class TiedClassifier(pl.LightningModule):
+    """hidden2.weight is hidden.weight: named_parameters() lists the shared tensor as hidden.weight only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.hidden = nn.Linear(FEATURES, FEATURES)
+        self.hidden2 = nn.Linear(FEATURES, FEATURES)
+        self.hidden2.weight = self.hidden.weight
+        self.head = nn.Linear(FEATURES, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.hidden2(torch.tanh(self.hidden(x)))))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_a_tied_parameter_is_selected_by_any_of_its_names():
+    forget = make_dataset(16, 1)
+    reference = TiedClassifier()
+    x, y = forget.tensors
+    F.cross_entropy(reference(x), y, reduction="sum").backward()
+    expected = brute_force_mask({"hidden.weight": reference.hidden.weight.grad.abs(),
+                                 "hidden2.bias": reference.hidden2.bias.grad.abs()}, 0.5)
+    model = TiedClassifier()
+    start = snapshot(model)
+    callback = WeightSaliencyCallback(forget_dataloader=DataLoader(forget, batch_size=4), parameters=[r"^hidden2\."])
+    trainer(callbacks=[callback]).fit(model, DataLoader(make_dataset(32, 2), batch_size=8))
+    assert list(callback.mask) == ["hidden.weight", "hidden2.bias"]  # the canonical (first) name of the shared tensor
+    moved = 0
+    for name, mask in expected.items():
+        assert torch.equal(callback.mask[name], mask), name
+        param = model.get_parameter(name).detach()
+        assert torch.equal(param[~mask], start[name][~mask]), name
+        moved += int((param[mask] != start[name][mask]).sum())
+    assert moved > 0.5 * callback.saliency_stats["kept"]
+    for name in ("hidden.bias", "head.weight", "head.bias"):
+        assert torch.equal(model.get_parameter(name), start[name]), name
 
 
 def test_unsupported_strategy_error():

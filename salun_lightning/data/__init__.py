@@ -2,9 +2,14 @@
 
 Example::
 
-    from salun_lightning.data import UnlearningDataModule
-
-    data = UnlearningDataModule("cifar10", forget_fraction=0.1, val_size=5000, batch_size=256)
+    >>> from salun_lightning.data import UnlearningDataModule
+    >>> data = UnlearningDataModule("digits", forget_fraction=0.1, val_size=100, batch_size=64, stream="retain")
+    >>> data.setup("fit")
+    >>> len(data.split.forget), len(data.split.retain), len(data.split.val)  # the 1,442 training images
+    (134, 1208, 100)
+    >>> batch = next(iter(data.train_dataloader()))
+    >>> batch["image"].shape, bool(batch["is_forget"].any())
+    (torch.Size([64, 1, 8, 8]), False)
 """
 
 from salun_lightning.data.augment import normalize, random_crop_flip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,13 +23,12 @@ from salun_lightning.data.sources import (
     load_source,
     prepare_source,
 )
-from salun_lightning.data.splits import Split, make_split, read_indices_file, resolve_class
-from salun_lightning.files import write_atomically
+from salun_lightning.data.splits import Split, forget_set_id, make_split, read_indices_file, resolve_class
+from salun_lightning.runs import write_forget_set
 
 STREAMS = ("full", "retain", "forget", "forget_retain")
 SCHEDULES = ("sequential", "interleaved")
 FORGET_SETS = ("random", "class", "indices")
-FORGET_INDICES_FILENAME = "forget_indices.json"
 
 
 class IndexedImageDataset(Dataset):
@@ -72,6 +70,16 @@ def collate_batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
 def collate_augmented_batch(batch: dict[str, Tensor]) -> dict[str, Any]:
     """The ``collate_fn`` of an augmented training stream: marks the batch with ``"augment": True``."""
     return {**batch, "augment": True}
+
+
+class CollateSplit:
+    """The ``collate_fn`` of a test loader: marks every batch with the name of its split (``batch["split"]``)."""
+
+    def __init__(self, split: str) -> None:
+        self.split = split
+
+    def __call__(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        return {**batch, "split": self.split}
 
 
 class ShuffledBlocksSampler(DistributedSampler):
@@ -146,6 +154,19 @@ class ImageSourceDataModule(LightningDataModule):
         """Download the torchvision set (``download=True``), or check its files; decode and cache an image folder."""
         prepare_source(self.hparams.dataset, self.data_path, self.cache_dir, self.hparams.download)
 
+    def resolve_stream(self) -> str:
+        """The training stream (the ``stream`` argument: the model's ``train_stream``).
+
+        Raises:
+            ValueError: ``stream`` is not set.
+        """
+        if self.hparams.stream is None:
+            raise ValueError(
+                "the data module has no training stream: set stream=<the model's train_stream> (the salun command line "
+                "links it from the model's method)."
+            )
+        return self.hparams.stream
+
     def _load(self) -> ImageData:
         if self._data is None:
             self._data = load_source(self.hparams.dataset, self.data_path, self.cache_dir)
@@ -165,11 +186,13 @@ class UnlearningDataModule(ImageSourceDataModule):
     Splits (see :mod:`salun_lightning.data.splits`): a seeded validation hold-out of ``val_size`` samples, then the
     forget set from the rest: ``forget_set="random"`` draws ``forget_fraction`` of the remaining samples (or
     ``forget_count`` of them); ``"class"`` takes every remaining sample of ``forget_class``; ``"indices"`` forgets
-    every index listed in ``forget_indices_file`` (the hold-out is then drawn from the samples not listed). The
-    chosen forget indices are written as a JSON list to ``forget_indices.json`` in ``trainer.default_root_dir`` (the run directory) (or
-    ``run_dir`` without a trainer) by rank zero; that file can be given back as ``forget_indices_file``.
+    every index listed in ``forget_indices_file`` (the hold-out is then drawn from the samples not listed). When a fit
+    sets up, rank zero writes the forget set into the run directory (``trainer.default_root_dir``, or ``run_dir``
+    without a trainer): ``forget_indices.json`` (a JSON list, reusable as ``forget_indices_file``) and
+    ``forget_set.json`` (its :attr:`forget_set_id`, :attr:`forget_set_description`, dataset, seed and count). Other
+    stages write nothing.
 
-    Training streams (``stream``, default: the LightningModule's ``train_stream`` attribute, else ``"full"``):
+    Training streams (``stream``: the model's ``train_stream``, which the ``salun`` command line links):
     ``"full"`` all non-held-out samples (original model), ``"retain"`` D_r (retrain, ft, l1_sparse), ``"forget"`` D_f
     (ga), ``"forget_retain"`` both (rl, salun) with ``schedule="sequential"`` (each epoch: all of D_f shuffled, then all
     of D_r shuffled; one batch at the boundary may hold both) or ``"interleaved"`` (the union shuffled). Under data
@@ -179,7 +202,7 @@ class UnlearningDataModule(ImageSourceDataModule):
 
     Test loaders, in the order of ``test_split_names``: ``["forget", "retain", "test"]``; for class-wise forgetting
     ``"test"`` holds only the remaining classes' test samples and a fourth split ``"test_forgotten_class"`` the
-    forgotten class's.
+    forgotten class's. Every test batch carries its split's name as ``batch["split"]``.
 
     Args:
         dataset: ``"digits"`` (scikit-learn's embedded 8x8 digits), ``"cifar10"``, ``"cifar100"``, ``"svhn"``
@@ -197,7 +220,7 @@ class UnlearningDataModule(ImageSourceDataModule):
         val_size: validation hold-out from the training set: a count (int) or a fraction of it (float in [0, 1)).
             The paper holds out 5,000 of CIFAR-10's 50,000. Default 0 (no validation).
         seed: seed of the hold-out, of the random forget set and of the training shuffles.
-        stream: the training stream; ``None`` reads ``train_stream`` from the LightningModule.
+        stream: the training stream: the LightningModule's ``train_stream``. Required by ``train_dataloader``.
         schedule: how ``"forget_retain"`` orders D_f and D_r within an epoch.
         batch_size: training batch size.
         eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).
@@ -210,7 +233,7 @@ class UnlearningDataModule(ImageSourceDataModule):
         mean: per-channel normalisation mean on the [0, 1] scale; default: the dataset's usual values, or for an
             image folder the statistics of its training images.
         std: per-channel normalisation std, as ``mean``.
-        run_dir: where ``forget_indices.json`` goes when no trainer is attached (nothing is written when unset).
+        run_dir: where the forget-set files go when no trainer is attached (nothing is written when unset).
 
     Raises:
         ValueError: for an unknown dataset or class, a fraction outside (0, 1), missing or conflicting forget
@@ -219,11 +242,13 @@ class UnlearningDataModule(ImageSourceDataModule):
 
     Example::
 
-        >>> data = UnlearningDataModule("digits", forget_fraction=0.1, val_size=100, batch_size=64)
+        >>> data = UnlearningDataModule("digits", forget_fraction=0.1, val_size=100, batch_size=64, stream="retain")
         >>> data.setup("fit")
         >>> batch = next(iter(data.forget_dataloader()))
         >>> sorted(batch), batch["image"].dtype, data.test_split_names
         (['image', 'index', 'is_forget', 'label'], torch.uint8, ['forget', 'retain', 'test'])
+        >>> data.forget_set_description, len(data.split.forget)
+        ('random 10%', 134)
     """
 
     def __init__(
@@ -276,6 +301,23 @@ class UnlearningDataModule(ImageSourceDataModule):
 
     # ---------------------------------------------------------------------------------------------- metadata
     @property
+    def forget_set_id(self) -> str:
+        """The identity of the forget set (:func:`~salun_lightning.data.splits.forget_set_id`); draws the splits."""
+        self._draw_split()
+        return forget_set_id(self.hparams.dataset, len(self._load().train_labels), self._split().forget)
+
+    @property
+    def forget_set_description(self) -> str:
+        """The forgetting scenario in words, without the seed: ``random 10%``, ``class 0 (airplane)``, ..."""
+        hp = self.hparams
+        if hp.forget_set == "random":
+            return f"random {hp.forget_fraction:.0%}" if hp.forget_fraction is not None else f"random {hp.forget_count}"
+        if hp.forget_set == "class":
+            index = resolve_class(hp.forget_class, self.class_names)
+            return f"class {index} ({self.class_names[index]})"
+        return f"indices from {Path(hp.forget_indices_file).name}"
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the images."""
         known = KNOWN_DATASETS.get(self.hparams.dataset)
@@ -294,7 +336,12 @@ class UnlearningDataModule(ImageSourceDataModule):
     # ---------------------------------------------------------------------------------------------- data hooks
     @override
     def setup(self, stage: str = "fit") -> None:
-        """Load the data, draw the splits (once) and write ``forget_indices.json``."""
+        """Load the data and draw the splits (once); for ``fit``, write the forget set into the run directory."""
+        self._draw_split()
+        if stage == "fit":
+            self._write_forget_set()
+
+    def _draw_split(self) -> None:
         if self.split is None:
             data = self._load()
             hp = self.hparams
@@ -316,7 +363,6 @@ class UnlearningDataModule(ImageSourceDataModule):
                 raise ValueError(
                     f"the images have {data.train_images.shape[1]} channels but mean/std have {len(hp.mean)} values."
                 )
-        self._write_forget_indices()
 
     @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -339,7 +385,7 @@ class UnlearningDataModule(ImageSourceDataModule):
     # ---------------------------------------------------------------------------------------------- loaders
     @override
     def train_dataloader(self) -> DataLoader:
-        """The training stream selected by ``stream`` (or the LightningModule's ``train_stream``), shuffled."""
+        """The training stream selected by ``stream``, shuffled."""
         stream = self.resolve_stream()
         split = self._split()
         if stream == "full":
@@ -369,15 +415,16 @@ class UnlearningDataModule(ImageSourceDataModule):
     @override
     def test_dataloader(self) -> list[DataLoader]:
         """One loader per name in ``test_split_names``, in that order."""
-        data = self._load()
-        loaders = [self.forget_dataloader(), self.retain_dataloader()]
+        data, split = self._load(), self._split()
         everything = torch.arange(len(data.test_labels))
+        parts = {"forget": self._train_dataset(split.forget), "retain": self._train_dataset(split.retain)}
         if self.forget_class_index is None:
-            loaders.append(self._test_loader(everything))
+            parts["test"] = self._test_dataset(everything)
         else:
             in_class = data.test_labels == self.forget_class_index
-            loaders += [self._test_loader(everything[~in_class]), self._test_loader(everything[in_class])]
-        return loaders
+            parts["test"] = self._test_dataset(everything[~in_class])
+            parts["test_forgotten_class"] = self._test_dataset(everything[in_class])
+        return [self._loader(parts[name], self.eval_batch_size, collate_fn=CollateSplit(name)) for name in parts]
 
     def forget_dataloader(self) -> DataLoader:
         """D_f, unshuffled and unaugmented, with ``eval_batch_size``."""
@@ -386,16 +433,6 @@ class UnlearningDataModule(ImageSourceDataModule):
     def retain_dataloader(self) -> DataLoader:
         """D_r, unshuffled and unaugmented, with ``eval_batch_size``."""
         return self._loader(self._train_dataset(self._split().retain), self.eval_batch_size)
-
-    def resolve_stream(self) -> str:
-        """The training stream: ``stream``, else the LightningModule's ``train_stream``, else ``"full"``."""
-        stream = self.hparams.stream
-        if stream is None:
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            stream = getattr(module, "train_stream", "full")
-        if stream not in STREAMS:
-            raise ValueError(f"unknown training stream {stream!r}; expected one of {', '.join(STREAMS)}.")
-        return stream
 
     # ---------------------------------------------------------------------------------------------- internals
     def _split(self) -> Split:
@@ -420,11 +457,10 @@ class UnlearningDataModule(ImageSourceDataModule):
         is_forget[split.forget] = True
         return IndexedImageDataset(data.train_images, data.train_labels, indices, is_forget[indices])
 
-    def _test_loader(self, indices: Tensor) -> DataLoader:
+    def _test_dataset(self, indices: Tensor) -> IndexedImageDataset:
         data = self._load()
         is_forget = torch.zeros(len(indices), dtype=torch.bool)
-        dataset = IndexedImageDataset(data.test_images, data.test_labels, indices, is_forget)
-        return self._loader(dataset, self.eval_batch_size)
+        return IndexedImageDataset(data.test_images, data.test_labels, indices, is_forget)
 
     def _loader(
         self, dataset: Dataset, batch_size: int, sampler: Optional[Sampler] = None, collate_fn=collate_batch
@@ -440,17 +476,22 @@ class UnlearningDataModule(ImageSourceDataModule):
             persistent_workers=workers > 0,
         )
 
-    def _write_forget_indices(self) -> None:
+    def _write_forget_set(self) -> None:
         if self.trainer is not None:
             directory, is_zero = self.trainer.default_root_dir, self.trainer.is_global_zero
         else:
             directory, is_zero = self.hparams.run_dir, rank_zero_only.rank == 0
         if directory is None or not is_zero:
             return
-        target = Path(directory).expanduser() / FORGET_INDICES_FILENAME
-        indices = json.dumps(self._split().forget.tolist()).encode()
-        write_atomically(target, lambda stream: stream.write(indices))
-
+        forget = self._split().forget
+        record = {
+            "id": self.forget_set_id,
+            "description": self.forget_set_description,
+            "dataset": self.hparams.dataset,
+            "seed": self.hparams.seed,
+            "count": len(forget),
+        }
+        write_forget_set(Path(directory).expanduser(), record, forget.tolist())
 
 def _channel_statistics(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images on the [0, 1] scale, in chunks (float64 sums)."""

@@ -15,6 +15,7 @@ A float ``val_size`` is a fraction of the full training set, an int a count.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -191,3 +192,18 @@ def _check_indices(indices: Sequence[int], total: int) -> None:
     if repeated:
         shown = ", ".join(str(i) for i in repeated[:10]) + (", ..." if len(repeated) > 10 else "")
         raise ValueError(f"forget indices repeated ({len(repeated)} indices appear more than once): {shown}.")
+
+
+def forget_set_id(dataset: str, train_size: int, forget: Tensor) -> str:
+    """The identity of a forget set: a sha256 over the data set's name and size and the sorted forget indices.
+
+    Two runs forget the same samples exactly when their ids are equal; mask files and reports compare ids.
+
+    Example::
+
+        >>> forget_set_id("digits", 1442, torch.tensor([3, 1]))[:15]
+        'sha256:167b9060'
+    """
+    digest = hashlib.sha256(f"{dataset}:{train_size}:".encode())
+    digest.update(forget.to(torch.int64).sort().values.numpy().tobytes())
+    return "sha256:" + digest.hexdigest()

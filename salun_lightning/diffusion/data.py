@@ -31,7 +31,8 @@ from salun_lightning.data.sources import (
     is_image,
     check_image_folder_path,
 )
-from salun_lightning.data.splits import resolve_class
+from salun_lightning.data.splits import forget_set_id, resolve_class
+from salun_lightning.runs import write_forget_set
 
 STREAMS = ("full", "retain", "forget", "forget_retain")
 
@@ -82,11 +83,13 @@ class CollateDiffusionBatch:
 class DiffusionDataModule(ImageSourceDataModule):
     """Labelled images for diffusion unlearning: all of them, the retained classes, or the forgotten class.
 
-    Training streams (``stream``, default: the LightningModule's ``train_stream``): ``"full"`` (every training image),
+    Training streams (``stream``: the model's ``train_stream``, which the ``salun`` command line links): ``"full"``
+    (every training image),
     ``"retain"`` (all but the forgotten class), ``"forget"`` (the forgotten class) and ``"forget_retain"``, a dict
     ``{"forget": batch, "retain": batch}`` every step (a ``CombinedLoader`` in ``max_size_cycle`` mode: an epoch is
     one pass over the longer of the two, the shorter cycling). :meth:`forget_dataloader` (the saliency mask's data)
-    and :meth:`retain_dataloader` are unshuffled.
+    and :meth:`retain_dataloader` are unshuffled. When a fit sets up with a forgotten class, rank zero writes
+    ``forget_set.json`` and ``forget_indices.json`` into the run directory (``trainer.default_root_dir``).
 
     Every image has a prompt: ``prompt_template`` filled with its class name (underscores become spaces), or, with
     ``prompts_csv``, the ``prompt_column`` of the CSV row whose ``file_column`` is the image's path relative to the
@@ -110,7 +113,7 @@ class DiffusionDataModule(ImageSourceDataModule):
         eval_batch_size: batch size of ``forget_dataloader``/``retain_dataloader`` (default ``batch_size``).
         num_workers: DataLoader worker processes.
         seed: seed of the training shuffles.
-        stream: the training stream; ``None`` asks the LightningModule (``train_stream``), else ``"full"``.
+        stream: the training stream: the model's ``train_stream``. Required by ``train_dataloader``.
 
     Raises:
         ValueError: an unknown class, template field, prompt column or file, or a non-square source without
@@ -118,7 +121,7 @@ class DiffusionDataModule(ImageSourceDataModule):
 
     Example::
 
-        >>> data = DiffusionDataModule("digits", forget_class=0, image_size=16, batch_size=8)
+        >>> data = DiffusionDataModule("digits", forget_class=0, image_size=16, batch_size=8, stream="forget_retain")
         >>> data.setup("fit")
         >>> batch = data.on_after_batch_transfer(next(iter(data.forget_dataloader())), 0)
         >>> batch["image"].shape, batch["class"][0].item(), batch["prompt"][0]
@@ -175,6 +178,17 @@ class DiffusionDataModule(ImageSourceDataModule):
 
     # ---------------------------------------------------------------------------------------------- metadata
     @property
+    def forget_set_id(self) -> str:
+        """The identity of the forget set (every training image of the forgotten class)."""
+        return forget_set_id(self.hparams.dataset, len(self._load().train_labels), self._indices("forget"))
+
+    @property
+    def forget_set_description(self) -> str:
+        """The forgetting scenario in words: ``class 0 (airplane)``."""
+        index = resolve_class(self.hparams.forget_class, self.class_names)
+        return f"class {index} ({self.class_names[index]})"
+
+    @property
     def class_prompts(self) -> list[str]:
         """The template prompt of every class, in label order."""
         return [self.hparams.prompt_template.format(**{"class": name.replace("_", " ")}) for name in self.class_names]
@@ -199,6 +213,16 @@ class DiffusionDataModule(ImageSourceDataModule):
         if self._prompts is None:
             self._prompts = self._read_prompts(data)
         _ = self.image_shape  # raises now for non-square images without image_size
+        trainer = self.trainer
+        if stage == "fit" and trainer is not None and trainer.is_global_zero and self.forget_class_index is not None:
+            record = {
+                "id": self.forget_set_id,
+                "description": self.forget_set_description,
+                "dataset": self.hparams.dataset,
+                "seed": self.hparams.seed,
+                "count": len(self._indices("forget")),
+            }
+            write_forget_set(Path(trainer.default_root_dir), record, self._indices("forget").tolist())
 
     @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -227,11 +251,6 @@ class DiffusionDataModule(ImageSourceDataModule):
     def retain_dataloader(self) -> DataLoader:
         """The other classes' images, unshuffled, with ``eval_batch_size``."""
         return self._loader(self._indices("retain"), shuffle=False)
-
-    def resolve_stream(self) -> str:
-        """``stream``, else the LightningModule's ``train_stream``, else ``"full"``."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        return self.hparams.stream or getattr(module, "train_stream", "full")
 
     # ---------------------------------------------------------------------------------------------- internals
     def _indices(self, stream: str) -> Tensor:

@@ -8,16 +8,28 @@ guidance) and :class:`TextToImageDiffusion` (VAE latents, CLIP text embeddings, 
 
 Example::
 
-    from lightning.pytorch import Trainer
-    from salun_lightning.diffusion import ClassConditionalDiffusion, DiffusionDataModule
-
-    data = DiffusionDataModule("digits", forget_class=0, image_size=16, batch_size=128)
-    model = ClassConditionalDiffusion(method="salun", pretrained="runs/ddpm/train", denoising_reduction="sum")
-    Trainer(max_steps=1000, default_root_dir="runs/ddpm/salun").fit(model, data)  # -> runs/ddpm/salun/unet
+    >>> import tempfile
+    >>> from lightning.pytorch import Trainer
+    >>> from salun_lightning.diffusion import ClassConditionalDiffusion, DiffusionDataModule
+    >>> runs = Path(tempfile.mkdtemp())
+    >>> unet = {"sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
+    ...         "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
+    ...         "layers_per_block": 1, "norm_num_groups": 4}
+    >>> original = ClassConditionalDiffusion(method="train", unet=unet, num_classes=10)
+    >>> original.save_components(runs / "train")  # what a train run's fit leaves: unet/ and scheduler/
+    >>> model = ClassConditionalDiffusion(method="salun", pretrained=str(runs / "train"), denoising_reduction="sum",
+    ...                                   num_classes=10, forget_class=0, image_shape=(1, 8, 8))
+    >>> data = DiffusionDataModule("digits", forget_class=0, image_size=8, batch_size=64, stream=model.train_stream)
+    >>> trainer = Trainer(max_steps=1, default_root_dir=runs / "salun", logger=False, enable_checkpointing=False,
+    ...                   enable_progress_bar=False, enable_model_summary=False)
+    >>> trainer.fit(model, data)  # -> <runs>/salun/unet
+    >>> sorted(path.name for path in (runs / "salun").iterdir())
+    ['forget_indices.json', 'forget_set.json', 'run.json', 'scheduler', 'unet']
 """
 
 from __future__ import annotations
 
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -32,9 +44,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from salun_lightning.callbacks import WeightSaliencyCallback
-from salun_lightning.classifier import random_other_labels
-from salun_lightning.files import write_json
 from salun_lightning.data.splits import resolve_class
+from salun_lightning.files import write_json
+from salun_lightning.labels import random_other_labels
+from salun_lightning.runs import begin_run, finish_run
 
 Method = Literal["train", "retrain", "ga", "rl", "salun"]
 Pseudo = Literal["next", "random", "class", "prompt"]
@@ -42,6 +55,9 @@ Component = Optional[Union[str, dict[str, Any]]]
 Conditions = Union[Tensor, list[str]]  # class labels, or prompts
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 RUN_FILENAME = "run.json"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
+# What a diffusers pipeline needs from a Hub repository (not the multi-GB single-file checkpoints beside it).
+HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,40 @@ def load_component(kind: type, name: str, spec: Component, pretrained: Optional[
     return model
 
 
+def resolve_pretrained(pretrained: Optional[str]) -> Optional[str]:
+    """The local directory of ``pretrained``: the directory itself, or a Hugging Face Hub id's snapshot.
+
+    A Hub id (``owner/name``, e.g. ``CompVis/stable-diffusion-v1-4``) goes to ``huggingface_hub.snapshot_download``
+    as diffusers' ``from_pretrained`` would (cached files are reused; new ones need the network).
+
+    Raises:
+        FileNotFoundError: ``pretrained`` is neither a directory nor a Hub id that could be fetched; the message says
+            what failed and how to use a local directory instead.
+    """
+    if pretrained is None:
+        return None
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists() or not HUB_ID.match(pretrained):
+        raise FileNotFoundError(
+            f"pretrained {pretrained!r} is not a directory: point it at a diffusers-format pipeline directory (with "
+            "unet/, scheduler/, ...) or give a Hugging Face Hub id such as CompVis/stable-diffusion-v1-4."
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(pretrained, allow_patterns=HUB_PATTERNS)
+    except Exception as error:  # offline, unknown or gated repository: all mean "not at hand"
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise FileNotFoundError(
+            f"pretrained {pretrained!r}: no such local directory, and as a Hugging Face Hub id it could not be fetched "
+            f"({reason}). Hub ids need the network (none is reachable here, or the id is wrong or gated): download "
+            f"it where the Hub is reachable (huggingface-cli download {pretrained} --local-dir <dir>), copy <dir> here "
+            "and set pretrained to that local directory."
+        ) from None
+
+
 def _side(sample_size: Union[int, tuple[int, int], list[int]]) -> int:
     if isinstance(sample_size, int):
         return sample_size
@@ -144,19 +194,23 @@ class DiffusionUnlearningModule(LightningModule, ABC):
     gradient, plus the denoising loss on retained images) and ``salun`` (``rl`` under the
     :class:`~salun_lightning.callbacks.WeightSaliencyCallback` over the denoiser, added by
     :meth:`configure_callbacks`). Batches are :class:`~salun_lightning.diffusion.DiffusionDataModule` dicts; ``rl``
-    and ``salun`` get ``{"forget": batch, "retain": batch}`` every step.
+    and ``salun`` get ``{"forget": batch, "retain": batch}`` every step. What the model needs to know of the data
+    comes in as constructor arguments (``class_names``, ``forget_class``, ``image_shape``; the ``salun`` command line
+    links them from the data module), and the data module serves the stream :attr:`train_stream` names.
 
     Only the denoiser (``unet``) trains. The noise schedule and prediction type (``epsilon`` or ``v_prediction``)
     come from a diffusers ``DDPMScheduler``. At the end of fit, rank zero saves the denoiser and the scheduler in
     diffusers format to ``<default_root_dir>/unet`` and ``/scheduler`` (see :meth:`save_components`: the directory can
-    be the next run's ``pretrained``), and ``run.json`` (method, forgotten class, minutes of the fit).
+    be the next run's ``pretrained``), and ``run.json`` (method, forgotten class, minutes of the fit); the run
+    directory is marked incomplete until then (:mod:`salun_lightning.runs`).
 
     Args:
         method: the training or unlearning method.
         unet: the denoiser: a config dict (fresh weights), a diffusers directory (a ``train`` run's
             ``<default_root_dir>/unet``), or ``None`` for ``<pretrained>/unet``. ``train`` and ``retrain`` always start
             from fresh weights (a directory gives only its config); the unlearning methods need trained weights.
-        pretrained: a diffusers-format pipeline directory supplying every part not given otherwise.
+        pretrained: a diffusers-format pipeline directory supplying every part not given otherwise, or a Hugging
+            Face Hub id (``CompVis/stable-diffusion-v1-4``), fetched into the Hub cache (this needs the network).
         scheduler: a ``DDPMScheduler`` config dict; default ``<pretrained>/scheduler``, else diffusers' defaults
             (1,000 linear steps, ``epsilon``).
         alpha: weight of the retain loss in ``L_f + alpha * L_r`` (paper: 1e-3 DDPM, 0.5 Stable Diffusion).
@@ -180,12 +234,16 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         ema_decay: keep an exponential moving average of the denoiser's weights (diffusers ``EMAModel``, with its
             warm-up ``min(ema_decay, (1 + n) / (10 + n))``), updated after every optimizer step and copied into the
             denoiser at the end of fit, so the saved model is the average. ``None``: the last weights.
+        class_names: the data's class names, in label order (default: ``"0"``, ``"1"``, ...).
+        forget_class: the forgotten class (name or index); required by every method but ``train``.
+        image_shape: ``(C, H, W)`` of the data's images, checked against the images the model makes.
 
     Raises:
         ValueError: in ``__init__`` for bad arguments or components; in ``setup`` when the data do not fit the model.
         FileNotFoundError: a component directory lacks a part.
     """
 
+    methods = METHODS  # method name -> MethodSpec (its training stream, objective, ...)
     unet_class: type = UNet2DModel
     condition_key: str = "class"  # the batch entry holding each image's own condition
     default_guidance: float = 2.0  # sampling guidance w in (1 + w) * eps(c) - w * eps(null)
@@ -209,6 +267,9 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         save_mask_path: Optional[str] = None,
         gradient_checkpointing: bool = False,
         ema_decay: Optional[float] = None,
+        class_names: Optional[list[str]] = None,
+        forget_class: Optional[Union[int, str]] = None,
+        image_shape: Optional[tuple[int, int, int]] = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -237,6 +298,8 @@ class DiffusionUnlearningModule(LightningModule, ABC):
                 "the directory a 'train' run wrote (<default_root_dir>/unet) or use pretrained."
             )
         self.save_hyperparameters()
+        pretrained = resolve_pretrained(pretrained)
+        self.pretrained_path = pretrained
         if scheduler is None and pretrained is not None:
             if not (Path(pretrained, "scheduler", "scheduler_config.json")).is_file():
                 raise FileNotFoundError(
@@ -250,8 +313,8 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         self.unet = load_component(self.unet_class, "unet", unet, pretrained, fresh=not self.spec.from_original)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
-        self.num_classes: Optional[int] = None
-        self.class_names: Optional[list[str]] = None
+        self.class_names: Optional[list[str]] = list(class_names) if class_names is not None else None
+        self.num_classes: Optional[int] = len(self.class_names) if self.class_names is not None else None
         self.forget_class_index: Optional[int] = None
         self.pseudo_class_index: Optional[int] = None
         self.fit_minutes: Optional[float] = None
@@ -305,20 +368,21 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         """The training stream the datamodule should serve for this method."""
         return self.spec.stream
 
-    def bind_data(self, data: Any) -> None:
-        """Take the class names and the forgotten class from a ``DiffusionDataModule`` and check they fit.
+    def _check_data(self) -> None:
+        """Resolve the forgotten and pseudo classes and check the data's image shape (end of ``__init__``).
 
         Raises:
             ValueError: images of the wrong shape, no forgotten class for an unlearning method, a pseudo class equal
                 to the forgotten one, or fewer than two classes.
         """
-        self.class_names = list(data.class_names)
-        self.num_classes = len(self.class_names)
-        self.forget_class_index = data.forget_class_index
-        method = self.hparams.method
+        hp, method = self.hparams, self.hparams.method
+        if hp.forget_class is not None:
+            if self.class_names is None:
+                raise ValueError("forget_class needs class_names (the data's class names) to be resolved.")
+            self.forget_class_index = resolve_class(hp.forget_class, self.class_names)
         if self.spec.stream != "full" and self.forget_class_index is None:
-            raise ValueError(f"method {method!r} needs a forgotten class: set the data's forget_class.")
-        if self.hparams.pseudo in ("next", "random") and self.num_classes < 2:
+            raise ValueError(f"method {method!r} needs a forgotten class: set forget_class (the data's forget_class).")
+        if self.hparams.pseudo in ("next", "random") and self.num_classes is not None and self.num_classes < 2:
             raise ValueError("a pseudo class needs at least two classes; use another dataset or pseudo='prompt'.")
         if self.hparams.pseudo == "class":
             self.pseudo_class_index = resolve_class(self.hparams.pseudo_class, self.class_names)
@@ -327,7 +391,9 @@ class DiffusionUnlearningModule(LightningModule, ABC):
                     f"pseudo_class {self.hparams.pseudo_class!r} is the forgotten class itself; pick another class "
                     "(or pseudo='next')."
                 )
-        shape = tuple(data.image_shape)
+        if hp.image_shape is None:
+            return
+        shape = tuple(hp.image_shape)
         if shape != self.image_shape:
             channels, height, _ = self.image_shape
             raise ValueError(
@@ -337,11 +403,9 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             )
 
     def setup(self, stage: str) -> None:
-        data = self.trainer.datamodule
-        if data is None or not hasattr(data, "class_names"):
-            raise ValueError(f"{type(self).__name__} needs a DiffusionDataModule (class names, forgotten class).")
-        self.bind_data(data)
         if stage == "fit":  # before the callbacks' on_fit_start, so that the minutes include the saliency mask
+            if self.trainer.is_global_zero:
+                begin_run(self.trainer.default_root_dir)
             self._fit_started = time.perf_counter()
 
     # ------------------------------------------------------------------------------------------------ losses
@@ -476,6 +540,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             self.save_components(root)
             run = {"method": self.hparams.method, "forget_class": self.forget_class_index}
             write_json(root / RUN_FILENAME, {**run, "fit_minutes": self.fit_minutes})
+            finish_run(root)
 
     def save_components(self, directory: Path) -> None:
         """Save the denoiser and the scheduler (and parts that exist nowhere else) as diffusers subfolders, so that
@@ -522,19 +587,18 @@ class ClassConditionalDiffusion(DiffusionUnlearningModule):
                     "one the null class); remove num_class_embeds from the unet config."
                 )
             unet = {**unet, "num_class_embeds": num_classes + 1}
-        super().__init__(unet=unet, pseudo=pseudo, **kwargs)
+        class_names = kwargs.pop("class_names", None)
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}; give one name "
+                             "per class (the data's).")
+        class_names = class_names if class_names is not None else [str(c) for c in range(num_classes)]
+        super().__init__(unet=unet, pseudo=pseudo, class_names=class_names, **kwargs)
         if self.unet.config.num_class_embeds != num_classes + 1:
             raise ValueError(
                 f"the unet has num_class_embeds={self.unet.config.num_class_embeds}, but num_classes={num_classes} "
                 f"needs {num_classes + 1} (the classes plus the null class); set num_classes to match the model."
             )
-        self.num_classes = num_classes
-
-    def bind_data(self, data: Any) -> None:
-        if data.num_classes != self.hparams.num_classes:
-            raise ValueError(f"the data have {data.num_classes} classes but num_classes={self.hparams.num_classes}; "
-                             "set num_classes to the data's.")
-        super().bind_data(data)
+        self._check_data()
 
     def to_model_space(self, images: Tensor) -> Tensor:
         return images
@@ -577,7 +641,25 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
 
     Example::
 
-        model = TextToImageDiffusion(method="salun", pretrained="/models/stable-diffusion-v1-4", alpha=0.5, lr=1e-5)
+        >>> import tempfile
+        >>> tokenizer = Path(__file__).resolve().parents[2] / "configs" / "diffusion" / "tiny_clip_tokenizer"
+        >>> parts = {  # Stable Diffusion's parts, in small
+        ...     "unet": {"sample_size": 4, "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
+        ...              "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "cross_attention_dim": 16,
+        ...              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "attention_head_dim": 4},
+        ...     "vae": {"block_out_channels": [8], "norm_num_groups": 4},
+        ...     "text_encoder": {"vocab_size": 514, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+        ...                      "num_attention_heads": 2, "max_position_embeddings": 32, "bos_token_id": 512,
+        ...                      "eos_token_id": 513, "pad_token_id": 513}}
+        >>> checkout = Path(tempfile.mkdtemp())  # laid out as a Stable Diffusion checkout
+        >>> TextToImageDiffusion(method="train", tokenizer=str(tokenizer), **parts).save_components(checkout)
+        >>> sorted(path.name for path in checkout.iterdir())
+        ['scheduler', 'text_encoder', 'tokenizer', 'unet', 'vae']
+        >>> model = TextToImageDiffusion(method="salun", pretrained=str(checkout), alpha=0.5, lr=1e-5,
+        ...                              class_names=["cat", "dog"], forget_class="cat",
+        ...                              class_prompts=["a photo of a cat", "a photo of a dog"])
+        >>> model.image_shape, model.encode_condition(["a photo of a dog"]).shape  # (1, tokens, hidden size)
+        ((3, 4, 4), torch.Size([1, 32, 16]))
     """
 
     unet_class = UNet2DConditionModel
@@ -591,12 +673,13 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         tokenizer: Optional[str] = None,
         anchor_prompt: str = "",
         saliency_guidance: float = 7.5,
+        class_prompts: Optional[list[str]] = None,
         **kwargs: Any,
     ) -> None:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         super().__init__(**kwargs)
-        pretrained = self.hparams.pretrained
+        pretrained = self.pretrained_path
         self.saliency_guidance = saliency_guidance
         self.vae = load_component(AutoencoderKL, "vae", vae, pretrained)
         self.text_encoder = load_component(CLIPTextModel, "text_encoder", text_encoder, pretrained)
@@ -609,10 +692,17 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
                 "CLIPTokenizer directory (or pretrained to a Stable Diffusion checkout with tokenizer/)."
             )
         self.tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path)
-        self.class_prompts: list[str] = []  # from the data (bind_data): the prompts of the pseudo classes
+        self.class_prompts = list(class_prompts or [])  # the prompts of the pseudo classes
+        if class_prompts is not None and self.class_names is not None and len(class_prompts) != len(self.class_names):
+            raise ValueError(f"class_prompts has {len(class_prompts)} prompts for {len(self.class_names)} classes; "
+                             "give one prompt per class (the data's class_prompts).")
         for part in self.frozen_modules():
             part.requires_grad_(False).eval()
         self._check_parts()
+        self._check_data()
+        if self.hparams.pseudo != "prompt" and self.spec.objective == "forget_retain" and not self.class_prompts:
+            raise ValueError(f"pseudo={self.hparams.pseudo!r} conditions on other classes' prompts: give class_prompts "
+                             "(the data's), or use pseudo='prompt' with an anchor_prompt.")
 
     def _check_parts(self) -> None:
         unet, vae, text = self.unet.config, self.vae.config, self.text_encoder.config
@@ -626,10 +716,9 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         if problems:
             raise ValueError("the components do not fit together: " + "; ".join(problems) + ". Use matching parts.")
 
-    def bind_data(self, data: Any) -> None:
-        super().bind_data(data)
-        self.class_prompts = list(data.class_prompts)
-        if self.hparams.pseudo == "prompt" and self.forget_class_index is not None:
+    def _check_data(self) -> None:
+        super()._check_data()
+        if self.hparams.pseudo == "prompt" and self.forget_class_index is not None and self.class_prompts:
             if self.hparams.anchor_prompt.strip() == self.class_prompts[self.forget_class_index].strip():
                 raise ValueError(
                     f"anchor_prompt {self.hparams.anchor_prompt!r} is the forgotten class's own prompt; choose an "

@@ -1,15 +1,26 @@
-"""DDIM sampling with classifier-free guidance, and the ``salun sample`` command.
+"""DDIM sampling with classifier-free guidance, and writing samples to disk (the ``salun sample`` command uses both).
 
 Example::
 
-    salun sample --config configs/diffusion/ddpm_digits_salun.yaml --out runs/ddpm_digits/salun/samples \\
-        --num_per_class 16 --seed 0        # PNGs per class, grid.png and samples.json
+    >>> import tempfile
+    >>> from salun_lightning.diffusion import ClassConditionalDiffusion
+    >>> unet = {"sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
+    ...         "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
+    ...         "layers_per_block": 1, "norm_num_groups": 4}
+    >>> model = ClassConditionalDiffusion(method="train", unet=unet, num_classes=10)  # a trained one, in real use
+    >>> images = sample_images(model, torch.arange(10).repeat_interleave(4), seed=0, steps=2)
+    >>> images.shape
+    torch.Size([40, 1, 8, 8])
+    >>> out = Path(tempfile.mkdtemp(), "samples")
+    >>> files = write_samples(images, [str(c) for c in range(10)], num_per_row=4, out=out)
+    >>> files[1]
+    ['01_1/0000.png', '01_1/0001.png', '01_1/0002.png', '01_1/0003.png']
+    >>> sorted(path.name for path in out.iterdir())[-3:]
+    ['08_8', '09_9', 'grid.png']
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +31,7 @@ from diffusers import DDIMScheduler
 from torch import Tensor
 from torchvision.utils import save_image
 
-from salun_lightning.data.splits import resolve_class
-from salun_lightning.diffusion.module import Conditions, DiffusionUnlearningModule, TextToImageDiffusion
+from salun_lightning.diffusion.module import Conditions, DiffusionUnlearningModule
 
 SAMPLES_FILENAME = "samples.json"
 
@@ -54,7 +64,17 @@ def sample_images(
 
     Example::
 
-        images = sample_images(model, torch.arange(10).repeat_interleave(4), seed=0, steps=50)
+        >>> from salun_lightning.diffusion import ClassConditionalDiffusion
+        >>> unet = {"sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
+        ...         "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
+        ...         "layers_per_block": 1, "norm_num_groups": 4}
+        >>> model = ClassConditionalDiffusion(method="train", unet=unet, num_classes=10)
+        >>> images = sample_images(model, torch.arange(10).repeat_interleave(4), seed=0, steps=2)
+        >>> images.shape, images.dtype, 0 <= float(images.min()) <= float(images.max()) <= 1
+        (torch.Size([40, 1, 8, 8]), torch.float32, True)
+        >>> again = sample_images(model, torch.arange(10).repeat_interleave(4), seed=0, steps=2, batch_size=16)
+        >>> torch.allclose(images, again, atol=1e-5)  # the seed fixes the noise, whatever the batch size
+        True
     """
     guidance = module.default_guidance if guidance is None else guidance
     scheduler = DDIMScheduler.from_config(module.noise_scheduler.config)
@@ -99,68 +119,3 @@ def write_samples(images: Tensor, names: Sequence[str], num_per_row: int, out: P
         files.append(group)
     save_image(images, out / "grid.png", nrow=num_per_row, padding=1)
     return files
-
-
-def sample_main(argv: Sequence[str]) -> None:
-    """``salun sample``: build the model and data of a config, load the trained denoiser, write samples."""
-    from salun_lightning.cli import SalunCLI
-
-    parser = argparse.ArgumentParser(
-        prog="salun sample",
-        description="Generate images with the diffusion model of a config (the denoiser its fit saved): "
-        "<out>/<k>_<class>/<i>.png per class or prompt, grid.png (one row each) and samples.json. Other arguments "
-        "are those of 'salun fit'.",
-    )
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--num_per_class", type=int, default=8, help="images per class or prompt (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    parser.add_argument(
-        "--guidance", type=float, default=None, help="w in (1+w)eps(c) - w eps(null) (default: 2.0 class, 6.5 text)"
-    )
-    parser.add_argument("--classes", nargs="+", default=None, help="class names or indices (default: all)")
-    parser.add_argument("--prompts", nargs="+", default=None, help="text models: prompts instead of classes")
-    parser.add_argument("--unet", default=None, help="denoiser directory (default: <trainer.default_root_dir>/unet)")
-    parser.add_argument("--batch_size", type=int, default=64, help="images denoised together (default 64)")
-    parser.add_argument("--device", default="auto", help="torch device, e.g. cpu or cuda:0 (default: auto)")
-    args, rest = parser.parse_known_args(argv)
-    if args.num_per_class < 1 or args.steps < 1:
-        parser.error("--num_per_class and --steps must be positive")
-    cli = SalunCLI(args=rest, run=False)
-    module, data = cli.model, cli.datamodule
-    if not isinstance(module, DiffusionUnlearningModule):
-        parser.error(f"the config's model is a {type(module).__name__}, not a diffusion model")
-    module.bind_data(data)
-    unet = args.unet or str(Path(cli.trainer.default_root_dir) / "unet")
-    module.load_unet(unet)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    module.to(torch.device(device))
-    if args.prompts:
-        if not isinstance(module, TextToImageDiffusion):
-            parser.error("--prompts needs a text-to-image model")
-        names = list(args.prompts)
-        conditions: Conditions = [prompt for prompt in names for _ in range(args.num_per_class)]
-        indices = None
-    else:
-        indices = [resolve_class(c, module.class_names) for c in (args.classes or range(module.num_classes))]
-        names = [module.class_names[i] for i in indices]
-        classes = torch.tensor(indices).repeat_interleave(args.num_per_class)
-        conditions = module.class_condition(classes)
-    guidance = module.default_guidance if args.guidance is None else args.guidance
-    images = sample_images(module, conditions, args.seed, args.steps, guidance, args.batch_size)
-    out = Path(args.out)
-    files = write_samples(images, names, args.num_per_class, out)
-    summary = {
-        "unet": unet,
-        "method": module.hparams.method,
-        "forget_class": module.forget_class_index,
-        "class_indices": indices,
-        "names": names,
-        "num_per_class": args.num_per_class,
-        "seed": args.seed,
-        "steps": args.steps,
-        "guidance": guidance,
-        "files": files,
-    }
-    (out / SAMPLES_FILENAME).write_text(json.dumps(summary, indent=2))
-    print(f"wrote {len(images)} images to {out} (grid.png, {SAMPLES_FILENAME})")

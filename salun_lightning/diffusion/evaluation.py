@@ -1,146 +1,59 @@
-"""Evaluation of diffusion unlearning (SPEC section 5): UA, retained-class accuracy and FID of generated images.
+"""Judging a diffusion model's generations with a trained classifier (SPEC section 5).
 
-A classifier trained by :class:`~salun_lightning.classifier.ClassifierUnlearningModule` judges the generations:
-UA is the percentage of forgotten-class generations it does not assign to the forgotten class; retained accuracy
-is its accuracy on the other classes' generations. FID on the retained classes uses torchmetrics'
-``FrechetInceptionDistance`` with 2048-d Inception-v3 features when torch-fidelity and its Inception weights are
-on disk (nothing is ever downloaded), and otherwise the judge's penultimate-layer features; every result names
-the features it used.
+A classifier trained by :class:`~salun_lightning.classifier.ClassifierUnlearningModule` judges the generations
+(:class:`Judge`); :func:`evaluate_generations` gives UA, retained-class accuracy and FID
+(:mod:`salun_lightning.metrics.generation`), and :func:`write_metrics` writes them into the run directory.
 
 Example::
 
-    from salun_lightning.diffusion_eval import Judge, evaluate_generations, write_metrics
-
-    judge = Judge.load("runs/train/model.safetensors", "resnet18", dataset="cifar10")
-    generations = {c: sample(c, n=500) for c in range(10)}  # images in [-1, 1], (N, 3, 32, 32) per class
-    metrics = evaluate_generations(judge, generations, forgotten_class=0, real_retained=real_images)
-    write_metrics("runs/diffusion_salun", {"method": "salun", "seed": 0, **metrics})
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import torch
+    >>> from salun_lightning.diffusion.evaluation import Judge, evaluate_generations, write_metrics
+    >>> from salun_lightning.models import build_classifier, save_weights
+    >>> run = Path(tempfile.mkdtemp())
+    >>> save_weights(build_classifier("small_resnet", 10, in_channels=1), run / "judge.safetensors")  # a trained one
+    >>> judge = Judge.load(run / "judge.safetensors", "small_resnet", dataset="digits")
+    >>> generations = {c: torch.rand(8, 1, 8, 8) * 2 - 1 for c in range(3)}  # images in [-1, 1] per class
+    >>> real_retained = torch.rand(16, 1, 8, 8) * 2 - 1  # real images of classes 1 and 2
+    >>> metrics = evaluate_generations(judge, generations, forgotten_class=0, real_retained=real_retained,
+    ...                                features="judge")
+    >>> metrics["UA"] == 100 - metrics["per_class_accuracy"]["0"], metrics["generations_per_class"]
+    (True, {'0': 8, '1': 8, '2': 8})
+    >>> write_metrics(run, {"method": "salun", "seed": 0, **metrics}).name
+    'metrics.json'
 """
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchmetrics.image.fid import FrechetInceptionDistance
 
-from salun_lightning.classifier import METRICS_FILENAME, load_weights
-from salun_lightning.files import write_json
 from salun_lightning.data import normalize
 from salun_lightning.data.sources import KNOWN_DATASETS
-from salun_lightning.metrics import accuracy_percent
-from salun_lightning.models import build_classifier
+from salun_lightning.files import write_json
+from salun_lightning.metrics.generation import (
+    check_class_range,
+    fid_score,
+    retained_accuracy,
+    to_unit_range,
+    unlearning_accuracy,
+)
+from salun_lightning.models import build_classifier, load_weights
+from salun_lightning.runs import METRICS_FILENAME
 
-__all__ = [
-    "INCEPTION_FEATURES",
-    "Judge",
-    "JudgeFeatures",
-    "evaluate_generations",
-    "fid_score",
-    "find_inception_weights",
-    "retained_accuracy",
-    "unlearning_accuracy",
-    "write_metrics",
-]
+__all__ = ["Judge", "JudgeFeatures", "evaluate_generations", "write_metrics"]
 
-log = logging.getLogger(__name__)
-
-INCEPTION_FEATURES = "inception-v3-2048"
-INCEPTION_WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file in the hub cache
 PathLike = Union[str, os.PathLike]
 
 
-# ---------------------------------------------------------------------------------------------------- UA / accuracy
-def _predictions(preds: Tensor, name: str) -> tuple[Tensor, Optional[int]]:
-    """Class indices from ``(N, C)`` scores or ``(N,)`` indices, and C when known."""
-    if preds.ndim == 2:
-        if bool(torch.isnan(preds).any()):
-            raise ValueError(f"{name} contain NaN")
-        return preds.argmax(dim=1), preds.shape[1]
-    if preds.ndim != 1:
-        raise ValueError(f"{name} must have shape (N, C) or (N,), got {tuple(preds.shape)}")
-    if preds.dtype.is_floating_point or preds.dtype.is_complex or preds.dtype == torch.bool:
-        raise ValueError(f"{name} of shape (N,) must be integer class indices, got {preds.dtype}")
-    return preds, None
-
-
-def _check_classes(values: Tensor, num_classes: Optional[int], name: str) -> None:
-    if values.numel() and (int(values.min()) < 0 or (num_classes is not None and int(values.max()) >= num_classes)):
-        bound = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
-        raise ValueError(f"{name} must lie in {bound}, got values in [{int(values.min())}, {int(values.max())}]")
-
-
-def unlearning_accuracy(judge_logits_or_preds: Tensor, forgotten_class: int) -> float:
-    """UA: the percentage of forgotten-class generations that the judge does not assign to the forgotten class.
-
-    Args:
-        judge_logits_or_preds: the judge's ``(N, C)`` scores or ``(N,)`` predicted classes for the generations
-            of the forgotten class.
-        forgotten_class: the forgotten class, in ``[0, C)``.
-
-    Raises:
-        ValueError: on empty input, a bad shape or dtype, NaN scores, or a class out of range.
-
-    Example::
-
-        >>> unlearning_accuracy(torch.tensor([0, 0, 3, 1]), forgotten_class=0)
-        50.0
-    """
-    preds, num_classes = _predictions(judge_logits_or_preds, "judge_logits_or_preds")
-    if preds.numel() == 0:
-        raise ValueError("judge_logits_or_preds is empty: generate images of the forgotten class first")
-    _check_classes(torch.tensor([forgotten_class]), num_classes, "forgotten_class")
-    _check_classes(preds, num_classes, "judge_logits_or_preds")
-    return 100.0 * (preds != forgotten_class).double().mean().item()
-
-
-def retained_accuracy(preds: Tensor, intended_classes: Tensor) -> float:
-    """The judge's accuracy (percent) on retained-class generations, each labelled with the class it was made for.
-
-    Args:
-        preds: the judge's ``(N, C)`` scores or ``(N,)`` predicted classes.
-        intended_classes: ``(N,)`` the class each image was generated for.
-
-    Raises:
-        ValueError: on empty input, mismatched shapes, a bad dtype, NaN scores, or classes out of range.
-
-    Example::
-
-        >>> retained_accuracy(torch.tensor([1, 2, 2, 1]), torch.tensor([1, 2, 1, 1]))
-        75.0
-    """
-    predicted, num_classes = _predictions(preds, "preds")
-    if intended_classes.ndim != 1 or intended_classes.shape[0] != predicted.shape[0]:
-        raise ValueError(
-            f"intended_classes must have shape ({predicted.shape[0]},) to match preds, "
-            f"got {tuple(intended_classes.shape)}"
-        )
-    if intended_classes.dtype.is_floating_point or intended_classes.dtype.is_complex:
-        raise ValueError(f"intended_classes must be integer class indices, got {intended_classes.dtype}")
-    if predicted.numel() == 0:
-        raise ValueError("preds and intended_classes are empty")
-    _check_classes(intended_classes, num_classes, "intended_classes")
-    _check_classes(predicted, num_classes, "preds")
-    return accuracy_percent(predicted, intended_classes.to(predicted.device))
-
-
 # ---------------------------------------------------------------------------------------------------- judge
-def _to_unit_range(images: Tensor) -> Tensor:
-    """uint8 ``[0, 255]`` or float ``[-1, 1]`` images -> float32 in ``[0, 1]`` (floats are clamped first)."""
-    if images.dtype == torch.uint8:
-        return images.float() / 255.0
-    if not images.dtype.is_floating_point:
-        raise ValueError(f"images must be float in [-1, 1] or uint8, got {images.dtype}")
-    return (images.float().clamp(-1, 1) + 1) / 2
-
-
 class Judge(nn.Module):
     """A trained classifier that judges generated images: predicted classes and penultimate-layer features.
 
@@ -220,9 +133,18 @@ class Judge(nn.Module):
 
         Example::
 
-            judge = Judge.load("runs/train/model.safetensors", "resnet18", dataset="cifar10")
-            judge = Judge.load("runs/faces/model.safetensors", "small_resnet", num_classes=5,
-                               mean=[0.5, 0.4, 0.4], std=[0.2, 0.2, 0.2], image_size=(64, 64))
+            >>> import tempfile
+            >>> from salun_lightning.models import save_weights
+            >>> run = Path(tempfile.mkdtemp())
+            >>> save_weights(build_classifier("small_resnet", 10, in_channels=1), run / "model.safetensors")
+            >>> judge = Judge.load(run / "model.safetensors", "small_resnet", dataset="digits")
+            >>> judge.num_classes, judge.image_size, judge.mean.tolist()
+            (10, (8, 8), [0.3052000105381012])
+            >>> save_weights(build_classifier("small_resnet", 5, in_channels=3), run / "faces.safetensors")
+            >>> judge = Judge.load(run / "faces.safetensors", "small_resnet", num_classes=5,
+            ...                    mean=[0.5, 0.4, 0.4], std=[0.2, 0.2, 0.2], image_size=(64, 64))
+            >>> judge.num_classes, judge.image_size
+            (5, (64, 64))
         """
         if dataset is not None:
             if dataset not in KNOWN_DATASETS:
@@ -274,7 +196,7 @@ class Judge(nn.Module):
     def _preprocess(self, images: Tensor) -> Tensor:
         if images.ndim != 4 or images.shape[1] != len(self.mean):
             raise ValueError(f"images must have shape (B, {len(self.mean)}, H, W), got {tuple(images.shape)}")
-        images = _to_unit_range(images.to(self.mean.device))
+        images = to_unit_range(images.to(self.mean.device))
         if tuple(images.shape[-2:]) != self.image_size:
             images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
         return normalize(images, self.mean, self.std)
@@ -292,7 +214,10 @@ class Judge(nn.Module):
 
         Example::
 
-            preds = judge.predict(generated_images)  # (B,) int64
+            >>> judge = Judge(build_classifier("small_resnet", 10, in_channels=1), [0.3052], [0.3760], (8, 8))
+            >>> preds = judge.predict(torch.rand(5, 1, 8, 8) * 2 - 1)  # generated images in [-1, 1]
+            >>> preds.shape, preds.dtype, bool(((preds >= 0) & (preds < 10)).all())
+            (torch.Size([5]), torch.int64, True)
         """
         self._check_nonempty(images)
         preds = [self._logits(chunk).argmax(dim=1) for chunk in images.split(self.batch_size)]
@@ -303,7 +228,9 @@ class Judge(nn.Module):
 
         Example::
 
-            features = judge.features(generated_images)  # (B, judge.feature_dim)
+            >>> judge = Judge(build_classifier("small_resnet", 10, in_channels=1), [0.3052], [0.3760], (8, 8))
+            >>> judge.features(torch.rand(5, 1, 8, 8) * 2 - 1).shape  # (B, judge.feature_dim)
+            torch.Size([5, 64])
         """
         self._check_nonempty(images)
         captured: list[Tensor] = []
@@ -330,7 +257,17 @@ class JudgeFeatures(nn.Module):
 
     Example::
 
-        metric = FrechetInceptionDistance(feature=JudgeFeatures(judge))
+        >>> from torchmetrics.image.fid import FrechetInceptionDistance
+        >>> judge = Judge(build_classifier("small_resnet", 10, in_channels=1), [0.3052], [0.3760], (8, 8))
+        >>> features = JudgeFeatures(judge)
+        >>> features.name, features.num_features
+        ('judge-penultimate-64', 64)
+        >>> metric = FrechetInceptionDistance(feature=features)
+        >>> images = torch.rand(16, 1, 8, 8) * 2 - 1
+        >>> metric.update(images, real=True)
+        >>> metric.update(images, real=False)
+        >>> abs(float(metric.compute())) < 1e-3  # a set against itself
+        True
     """
 
     def __init__(self, judge: Judge) -> None:
@@ -345,112 +282,6 @@ class JudgeFeatures(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.judge.features(images)
-
-
-# ---------------------------------------------------------------------------------------------------- FID
-def find_inception_weights(path: Optional[PathLike] = None) -> Optional[Path]:
-    """The Inception-v3 FID weights file when it and torch-fidelity are at hand, else ``None``; never downloads.
-
-    Args:
-        path: the weights file; default: torch-fidelity's file in the torch hub cache
-            (``torch.hub.get_dir()/checkpoints/weights-inception-2015-12-05-6726825d.pth``).
-
-    Raises:
-        FileNotFoundError: an explicit ``path`` that does not exist.
-        ModuleNotFoundError: an explicit ``path`` without torch-fidelity installed.
-
-    Example::
-
-        weights = find_inception_weights()  # None without torch-fidelity or its cached weights
-    """
-    if path is not None and not os.path.isfile(path):
-        raise FileNotFoundError(f"Inception weights {os.fspath(path)!r} do not exist")
-    if importlib.util.find_spec("torch_fidelity") is None:
-        if path is not None:
-            raise ModuleNotFoundError(
-                f"Inception weights {os.fspath(path)!r} need torch-fidelity, which is not installed "
-                "(pip install torch-fidelity)"
-            )
-        return None
-    candidate = Path(path) if path is not None else _cached_inception_weights()
-    return candidate if candidate.is_file() else None
-
-
-def _cached_inception_weights() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILENAME
-
-
-def _inception_input(images: Tensor) -> Tensor:
-    """uint8 RGB in ``[0, 255]``, what torchmetrics' Inception takes (it resizes to 299 itself)."""
-    images = images if images.dtype == torch.uint8 else (_to_unit_range(images) * 255).round().to(torch.uint8)
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-
-
-def _check_image_set(images: Tensor, name: str) -> None:
-    if images.ndim != 4 or images.shape[0] < 2:
-        raise ValueError(f"{name} must be a (N, C, H, W) batch with N >= 2 for FID, got shape {tuple(images.shape)}")
-
-
-def fid_score(
-    real_images: Tensor,
-    fake_images: Tensor,
-    judge: Optional[Judge] = None,
-    *,
-    features: Literal["auto", "inception", "judge"] = "auto",
-    inception_weights: Optional[PathLike] = None,
-    batch_size: int = 256,
-) -> tuple[float, str]:
-    """FID between real and generated images, and the name of the features it used.
-
-    ``features="auto"`` uses torchmetrics' 2048-d Inception-v3 features (:data:`INCEPTION_FEATURES`) when
-    :func:`find_inception_weights` finds them, else the judge's penultimate features (``judge-penultimate-<d>``,
-    see :class:`JudgeFeatures`). FIDs computed with different features are not comparable: report the name.
-
-    Args:
-        real_images: ``(N, C, H, W)`` real images, float in ``[-1, 1]`` or uint8, N >= 2.
-        fake_images: ``(M, C, H, W)`` generated images, likewise.
-        judge: supplies the fallback features; the computation runs on its device (else the real images').
-        features: ``auto``, or force ``inception`` or ``judge`` features.
-        inception_weights: the Inception weights file (default: torch-fidelity's file in the torch hub cache).
-        batch_size: images per feature-extraction batch.
-
-    Raises:
-        ValueError: fewer than two images in a set, a bad ``features`` or ``batch_size``, or no features
-            available (no Inception weights and no judge).
-        FileNotFoundError, ModuleNotFoundError: ``inception_weights`` given but missing, or torch-fidelity missing.
-
-    Example::
-
-        fid, name = fid_score(real_images, generated_images, judge)  # name: "judge-penultimate-64"
-    """
-    _check_image_set(real_images, "real_images")
-    _check_image_set(fake_images, "fake_images")
-    if features not in ("auto", "inception", "judge"):
-        raise ValueError(f"features must be 'auto', 'inception' or 'judge', got {features!r}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    weights = find_inception_weights(inception_weights) if features != "judge" else None
-    if features == "inception" and weights is None:
-        raise ValueError(
-            f"Inception features need torch-fidelity and its weights file {_cached_inception_weights()} "
-            "(or inception_weights=<file>); nothing is downloaded here"
-        )
-    if weights is None and judge is None:
-        raise ValueError("FID needs Inception weights (none at hand) or a judge: pass a judge to use its features")
-    device = judge.mean.device if judge is not None else real_images.device
-    if weights is not None:
-        metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=os.fspath(weights))
-        name, prepare = INCEPTION_FEATURES, _inception_input
-    else:
-        extractor = JudgeFeatures(judge)
-        metric = FrechetInceptionDistance(feature=extractor)
-        name, prepare = extractor.name, (lambda images: images)
-    log.info("FID with %s features", name)
-    metric = metric.to(device)
-    for images, real in ((real_images, True), (fake_images, False)):
-        for chunk in images.split(batch_size):
-            metric.update(prepare(chunk.to(device)), real=real)
-    return float(metric.compute()), name
 
 
 # ---------------------------------------------------------------------------------------------------- all metrics
@@ -482,13 +313,20 @@ def evaluate_generations(
 
     Example::
 
-        metrics = evaluate_generations(judge, {0: forgotten, 1: ones, 2: twos}, forgotten_class=0,
-                                       real_retained=real_ones_and_twos)
-        metrics["UA"], metrics["FID"], metrics["fid_features"]
+        >>> judge = Judge(build_classifier("small_resnet", 10, in_channels=1), [0.3052], [0.3760], (8, 8))
+        >>> forgotten, ones, twos = (torch.rand(6, 1, 8, 8) * 2 - 1 for _ in range(3))
+        >>> real_ones_and_twos = torch.rand(12, 1, 8, 8) * 2 - 1
+        >>> metrics = evaluate_generations(judge, {0: forgotten, 1: ones, 2: twos}, forgotten_class=0,
+        ...                                real_retained=real_ones_and_twos, features="judge")
+        >>> sorted(metrics)  # doctest: +NORMALIZE_WHITESPACE
+        ['FID', 'UA', 'fid_features', 'forgotten_class', 'generations_per_class', 'per_class_accuracy',
+         'retained_accuracy']
+        >>> metrics["fid_features"], metrics["per_class_accuracy"].keys()
+        ('judge-penultimate-64', dict_keys(['0', '1', '2']))
     """
     classes = sorted(generations)
-    _check_classes(torch.tensor([forgotten_class]), judge.num_classes, "forgotten_class")
-    _check_classes(torch.tensor(classes, dtype=torch.long), judge.num_classes, "the classes of generations")
+    check_class_range(torch.tensor([forgotten_class]), judge.num_classes, "forgotten_class")
+    check_class_range(torch.tensor(classes, dtype=torch.long), judge.num_classes, "the classes of generations")
     if forgotten_class not in generations:
         raise ValueError(f"generations has no images of the forgotten class {forgotten_class}")
     retained = [c for c in classes if c != forgotten_class]
@@ -501,7 +339,7 @@ def evaluate_generations(
     retained_preds = torch.cat([preds[c] for c in retained])
     intended = torch.cat([torch.full_like(preds[c], c) for c in retained])
     fid, fid_features = fid_score(
-        real_retained, torch.cat([generations[c] for c in retained]), judge, **fid_options
+        real_retained, torch.cat([generations[c] for c in retained]), JudgeFeatures(judge), **fid_options
     )
     return {
         "forgotten_class": forgotten_class,
@@ -519,7 +357,10 @@ def write_metrics(run_dir: PathLike, metrics: dict[str, Any]) -> Path:
 
     Example::
 
-        write_metrics("runs/diffusion_salun", {"method": "salun", "seed": 0, **metrics})
+        >>> import json, tempfile
+        >>> path = write_metrics(tempfile.mkdtemp(), {"method": "salun", "seed": 0, "UA": 97.5})
+        >>> path.name, json.loads(path.read_text())
+        ('metrics.json', {'method': 'salun', 'seed': 0, 'UA': 97.5})
     """
     path = Path(run_dir) / METRICS_FILENAME
     write_json(path, metrics)
