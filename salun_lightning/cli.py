@@ -7,14 +7,16 @@ the model it produced afterwards; ``test`` tests a saved model (``<run>/model.sa
 ``--ckpt_path``: a ``model.safetensors`` or a Lightning checkpoint) and writes ``metrics.json`` into that model's
 run directory. A user error prints one short message; ``--debug`` (or ``SALUN_DEBUG=1``) shows the traceback.
 
-Example::
+Example (shell; ``tests/test_readme.py`` runs these lines as written, at tiny size)::
 
     salun fit --config configs/digits/train.yaml                      # the original model -> runs/digits/train
     salun mask --config configs/digits/salun.yaml --out runs/digits/mask.safetensors
     salun fit --config configs/digits/salun.yaml --model.init_args.mask_path runs/digits/mask.safetensors
+    salun fit --config configs/digits/retrain.yaml                    # exact unlearning, the reference
     salun test --config runs/digits/salun/config.yaml                 # tests runs/digits/salun/model.safetensors
-    salun report runs/digits/* --out runs/digits
-    salun sample --config configs/diffusion/ddpm_digits_salun.yaml --out runs/ddpm_digits/salun/samples
+    salun report runs/digits/* --out runs/digits                      # skips the mask file
+    salun fit --config configs/diffusion/ddpm_digits_train.yaml
+    salun sample --config configs/diffusion/ddpm_digits_train.yaml --out runs/ddpm_digits/train/samples
 """
 
 from __future__ import annotations
@@ -214,6 +216,56 @@ def mask_main(argv: Sequence[str]) -> None:
     print(f"wrote {args.out}: {stats['kept']:,} of {stats['total']:,} weights (ratio {callback.ratio})")
 
 
+def report_main(argv: Sequence[str]) -> None:
+    """``salun report``: print the report table, and write the files when ``--out`` is given.
+
+    Each skipped entry gets one line on stderr (``skipped <path>: <reason>``), and with
+    ``--allow-mixed-forget-sets`` each way the forget sets differ one ``warning:`` line. Errors are raised as in
+    :func:`~salun_lightning.report.build_report`.
+
+    Example::
+
+        >>> import tempfile
+        >>> from salun_lightning.files import write_json
+        >>> runs = Path(tempfile.mkdtemp())
+        >>> write_json(runs / "retrain" / "metrics.json", {"method": "retrain", "seed": 0, "UA": 5.24, "RA": 100.0,
+        ...                                              "TA": 94.26, "MIA": 12.88, "RTE": 43.29})
+        >>> write_json(runs / "ga" / "metrics.json", {"method": "ga", "seed": 0, "UA": 9.24, "RA": 96.0,
+        ...                                         "TA": 92.26, "MIA": 8.88, "RTE": None})
+        >>> (runs / "mask.safetensors").touch()  # not a run: skipped, with a line on stderr
+        >>> report_main([*map(str, sorted(runs.iterdir())), "--out", str(runs)])  # salun report <runs>/* --out <runs>
+        | method | forget set | UA | RA | TA | MIA | Avg. Gap | RTE |
+        | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |
+        | retrain | unknown | 5.24 | 100.00 | 94.26 | 12.88 | 0.00 | 43.29 |
+        | ga | unknown | 9.24 | 96.00 | 92.26 | 8.88 | 3.50 | n/a |
+        >>> sorted(path.name for path in runs.glob("report.*"))
+        ['report.md', 'report.png']
+    """
+    parser = argparse.ArgumentParser(prog="salun report", description="Markdown report of unlearning runs.")
+    parser.add_argument(
+        "run_dirs",
+        nargs="+",
+        type=Path,
+        help="run directories, each with a metrics.json (e.g. runs/digits/*); entries that are not finished run "
+        "directories (files, folders without metrics.json, folders marked INCOMPLETE) are skipped and listed",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="write report.md and report.png here")
+    parser.add_argument("--retrain", default="retrain", help="method name of the reference runs")
+    parser.add_argument(
+        "--allow-mixed-forget-sets",
+        action="store_true",
+        help="compare runs of different forget sets (scenarios, or forget-set ids within a seed) on purpose; "
+        "the report carries a warning",
+    )
+    args = parser.parse_args(argv)
+    result = report.make_report(args.run_dirs, args.out, args.retrain, args.allow_mixed_forget_sets)
+    for entry in result.skipped:
+        print(f"skipped {entry.path}: {entry.reason}", file=sys.stderr)
+    for problem in result.warnings:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(result.table, end="")
+
+
 def sample_main(argv: Sequence[str]) -> None:
     """``salun sample``: build the model of a config, load the trained denoiser, write samples."""
     import torch
@@ -314,7 +366,7 @@ def run(args: Sequence[str]) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command == "report":
-        report.main(rest)
+        report_main(rest)
     elif command == "mask":
         mask_main(rest)
     elif command == "sample":

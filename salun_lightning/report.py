@@ -26,11 +26,9 @@ without ``metrics.json`` and folders marked ``INCOMPLETE`` (a fit there is runni
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +46,7 @@ from salun_lightning.runs import (
     read_forget_set,
 )
 
-__all__ = ["build_report", "main"]
+__all__ = ["Report", "Skipped", "build_report", "make_report"]
 
 PathLike = Union[str, os.PathLike]
 GAP_COLUMN = "Avg. Gap"
@@ -103,7 +101,9 @@ class _Run:
 
 
 @dataclass(frozen=True)
-class _Skipped:
+class Skipped:
+    """An entry of ``run_dirs`` that is not a finished run directory, and why."""
+
     path: Path
     reason: str
 
@@ -195,14 +195,14 @@ def _load_run(directory: Path) -> _Run:
     return _Run(directory, method, seed, values, kind, record.get("fid_features"), scenario, forget_set_id)
 
 
-def _read_runs(run_dirs: Sequence[PathLike]) -> tuple[list[_Run], list[_Skipped]]:
+def _read_runs(run_dirs: Sequence[PathLike]) -> tuple[list[_Run], list[Skipped]]:
     """The finished runs among ``run_dirs``, and the entries skipped with the reason."""
     if isinstance(run_dirs, (str, os.PathLike)):
         raise TypeError(f"run_dirs must be a sequence of directories, got the single path {run_dirs!r}")
     if not run_dirs:
         raise ValueError("run_dirs is empty")
     runs: list[_Run] = []
-    skipped: list[_Skipped] = []
+    skipped: list[Skipped] = []
     read: dict[Path, Path] = {}  # resolved -> as given
     for entry in run_dirs:
         path = Path(entry)
@@ -210,7 +210,7 @@ def _read_runs(run_dirs: Sequence[PathLike]) -> tuple[list[_Run], list[_Skipped]
         if reason is None and path.resolve() in read:
             reason = f"given twice (also as {read[path.resolve()]})"
         if reason is not None:
-            skipped.append(_Skipped(path, reason))
+            skipped.append(Skipped(path, reason))
             continue
         read[path.resolve()] = path
         runs.append(_load_run(path))
@@ -313,7 +313,7 @@ def _markdown_table(summaries: list[_MethodSummary]) -> str:
 
 
 def _markdown_document(
-    table: str, summaries: list[_MethodSummary], retrain: str, skipped: list[_Skipped], mixed: list[str]
+    table: str, summaries: list[_MethodSummary], retrain: str, skipped: list[Skipped], mixed: list[str]
 ) -> str:
     def forget_set(run: _Run) -> str:
         return f" (forget set {run.scenario}, {_short_id(run.forget_set_id)})" if run.scenario is not None else ""
@@ -451,12 +451,32 @@ def build_report(
         >>> sorted(path.name for path in runs.iterdir())
         ['report.md', 'report.png', 'retrain', 'salun']
     """
+    return make_report(run_dirs, out_dir, retrain, allow_mixed_forget_sets).table
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``salun report`` shows: the table, the entries it skipped (with why) and the forget-set warnings."""
+
+    table: str
+    skipped: list[Skipped]
+    warnings: list[str]
+
+
+def make_report(
+    run_dirs: Sequence[PathLike],
+    out_dir: Optional[PathLike] = None,
+    retrain: str = "retrain",
+    allow_mixed_forget_sets: bool = False,
+) -> Report:
+    """:func:`build_report`, also returning the skipped entries and the warnings about mixed forget sets."""
     runs, skipped = _read_runs(run_dirs)
-    return _build(runs, skipped, out_dir, retrain, allow_mixed_forget_sets)[0]
+    table, warnings = _build(runs, skipped, out_dir, retrain, allow_mixed_forget_sets)
+    return Report(table, skipped, warnings)
 
 
 def _build(
-    runs: list[_Run], skipped: list[_Skipped], out_dir: Optional[PathLike], retrain: str, allow_mixed: bool
+    runs: list[_Run], skipped: list[Skipped], out_dir: Optional[PathLike], retrain: str, allow_mixed: bool
 ) -> tuple[str, list[str]]:
     """The table of :func:`build_report` (files written when ``out_dir`` is given), and the forget-set warnings."""
     mixed = _check_forget_sets(runs, allow_mixed)
@@ -469,58 +489,3 @@ def _build(
         write_atomically(out / "report.md", lambda stream: stream.write(document))
         write_atomically(out / "report.png", lambda stream: _plot_gaps(summaries, retrain, stream))
     return table, mixed
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``salun report``: print the report table, and write the files when ``--out`` is given.
-
-    Each skipped entry gets one line on stderr (``skipped <path>: <reason>``), and with
-    ``--allow-mixed-forget-sets`` each way the forget sets differ one ``warning:`` line. Errors are raised as in
-    :func:`build_report`.
-
-    Example::
-
-        >>> import tempfile
-        >>> from salun_lightning.files import write_json
-        >>> runs = Path(tempfile.mkdtemp())
-        >>> write_json(runs / "retrain" / "metrics.json", {"method": "retrain", "seed": 0, "UA": 5.24, "RA": 100.0,
-        ...                                              "TA": 94.26, "MIA": 12.88, "RTE": 43.29})
-        >>> write_json(runs / "ga" / "metrics.json", {"method": "ga", "seed": 0, "UA": 9.24, "RA": 96.0,
-        ...                                         "TA": 92.26, "MIA": 8.88, "RTE": None})
-        >>> (runs / "mask.safetensors").touch()  # not a run: skipped, with a line on stderr
-        >>> main([*map(str, sorted(runs.iterdir())), "--out", str(runs)])  # salun report <runs>/* --out <runs>
-        | method | forget set | UA | RA | TA | MIA | Avg. Gap | RTE |
-        | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |
-        | retrain | unknown | 5.24 | 100.00 | 94.26 | 12.88 | 0.00 | 43.29 |
-        | ga | unknown | 9.24 | 96.00 | 92.26 | 8.88 | 3.50 | n/a |
-        >>> sorted(path.name for path in runs.glob("report.*"))
-        ['report.md', 'report.png']
-    """
-    parser = argparse.ArgumentParser(prog="salun report", description="Markdown report of unlearning runs.")
-    parser.add_argument(
-        "run_dirs",
-        nargs="+",
-        type=Path,
-        help="run directories, each with a metrics.json (e.g. runs/digits/*); entries that are not finished run "
-        "directories (files, folders without metrics.json, folders marked INCOMPLETE) are skipped and listed",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="write report.md and report.png here")
-    parser.add_argument("--retrain", default="retrain", help="method name of the reference runs")
-    parser.add_argument(
-        "--allow-mixed-forget-sets",
-        action="store_true",
-        help="compare runs of different forget sets (scenarios, or forget-set ids within a seed) on purpose; "
-        "the report carries a warning",
-    )
-    args = parser.parse_args(argv)
-    runs, skipped = _read_runs(args.run_dirs)
-    for entry in skipped:
-        print(f"skipped {entry.path}: {entry.reason}", file=sys.stderr)
-    table, mixed = _build(runs, skipped, args.out, args.retrain, args.allow_mixed_forget_sets)
-    for problem in mixed:
-        print(f"warning: {problem}", file=sys.stderr)
-    print(table, end="")
-
-
-if __name__ == "__main__":
-    main()

@@ -195,6 +195,8 @@ def test_prompts_come_from_a_csv_for_an_image_folder(tmp_path):
     assert datamodule.class_prompts == ["an image of cat", "an image of dog"]
     with pytest.raises(ValueError, match="no column 'prompt'.*set prompt_column"):
         DiffusionDataModule(**arguments).setup("fit")
+    with pytest.raises(FileNotFoundError, match=r"prompts_csv '.*missing.csv' does not exist"):
+        DiffusionDataModule(**{**arguments, "prompts_csv": str(tmp_path / "missing.csv")}).setup("fit")
 
 
 # ---------------------------------------------------------------------------------------------------- training

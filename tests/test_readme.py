@@ -1,4 +1,5 @@
-"""Every shell block of the READMEs parses, and the digits blocks run end to end as written (at tiny size).
+"""Every shell block of the READMEs (and the ``salun`` command's docstring example) parses, and the digits blocks run
+end to end as written (at tiny size).
 
 The runnable blocks hold only ``salun`` commands. Each command is split as bash would split it (continuation lines,
 comments, quotes, ``*`` globs) and run in this process through :func:`salun_lightning.cli.run`, in a fresh folder
@@ -9,10 +10,12 @@ walkthrough runs as its digits variant (``cifar10`` replaced by ``digits`` throu
 
 from __future__ import annotations
 
+import ast
 import glob
 import re
 import shlex
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,8 @@ import torch
 from salun_lightning.cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
-READMES = [ROOT / "README.md", ROOT / "configs" / "diffusion" / "README.md"]
+# Markdown files, and the module whose docstring example is shell commands.
+SOURCES = [ROOT / "README.md", ROOT / "configs" / "diffusion" / "README.md", ROOT / "salun_lightning" / "cli.py"]
 TINY = {
     "fit": ["--trainer.max_steps=2", "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false"],
     "test": ["--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false"],
@@ -30,6 +34,11 @@ TINY = {
 
 
 def bash_blocks(path: Path) -> list[str]:
+    """The ```bash blocks of a markdown file, or the indented example block of a module docstring."""
+    if path.suffix == ".py":
+        docstring = ast.get_docstring(ast.parse(path.read_text()))
+        example = docstring.split("::\n\n", 1)[1]
+        return [textwrap.dedent(example)]
     return re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.DOTALL)
 
 
@@ -45,19 +54,19 @@ def runnable(block: str) -> bool:
 
 
 def test_the_readmes_have_the_blocks_this_test_runs():
-    blocks = [block for path in READMES for block in bash_blocks(path)]
+    blocks = [block for path in SOURCES for block in bash_blocks(path)]
     assert len(blocks) >= 6
     assert sum(runnable(block) for block in blocks) >= 4
 
 
-@pytest.mark.parametrize("path", READMES, ids=lambda path: str(path.relative_to(ROOT)))
+@pytest.mark.parametrize("path", SOURCES, ids=lambda path: str(path.relative_to(ROOT)))
 def test_every_shell_block_parses(path):
     for block in bash_blocks(path):
         result = subprocess.run(["bash", "-n"], input=block, capture_output=True, text=True)
         assert result.returncode == 0, f"{path.name}:\n{block}\n{result.stderr}"
 
 
-RUNNABLE = [(path, index, block) for path in READMES for index, block in enumerate(bash_blocks(path)) if runnable(block)]
+RUNNABLE = [(path, index, block) for path in SOURCES for index, block in enumerate(bash_blocks(path)) if runnable(block)]
 
 
 @pytest.mark.parametrize(("path", "index", "block"), RUNNABLE,

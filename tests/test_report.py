@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import salun_lightning.report as report
-from salun_lightning.report import build_report, main
+from salun_lightning.cli import report_main as main
+from salun_lightning.report import build_report
 from salun_lightning.runs import FORGET_SET_FILENAME, INCOMPLETE_FILENAME, METRICS_FILENAME
 
 RECORD = {"method": "ft", "seed": 0, "UA": 1, "RA": 1, "TA": 1, "MIA": 1, "RTE": 1}

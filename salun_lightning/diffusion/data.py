@@ -284,7 +284,11 @@ class DiffusionDataModule(ImageSourceDataModule):
         hp = self.hparams
         if hp.prompts_csv is None:
             return [self.class_prompts[label] for label in data.train_labels.tolist()]
-        with open(Path(hp.prompts_csv).expanduser(), newline="", encoding="utf-8") as stream:
+        csv_path = Path(hp.prompts_csv).expanduser()
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"prompts_csv {hp.prompts_csv!r} does not exist; give a CSV with a "
+                                    f"{hp.file_column!r} and a {hp.prompt_column!r} column.")
+        with open(csv_path, newline="", encoding="utf-8") as stream:
             reader = csv.DictReader(stream)
             columns = list(reader.fieldnames or [])
             for column, argument in ((hp.file_column, "file_column"), (hp.prompt_column, "prompt_column")):
