@@ -37,13 +37,14 @@ def run(configs: Path, out: Path, scenario: Path) -> str:
     for number, (title, args, method) in enumerate(steps, start=1):
         started = time.perf_counter()
         print(f"\n[{number}/{len(steps) + 1}] {title}", flush=True)
-        root = out / (method or "mask")
         args += ["--config", str(scenario)]
         if method not in ("train", "retrain"):
             args += [f"--model.init_args.original_weights={weights}"]
         if method == "salun":
             args += [f"--model.init_args.mask_path={mask}"]
-        salun([*args, f"--trainer.default_root_dir={root}"])
+        if method is not None:  # a fit's run directory; `salun mask` works in a scratch directory
+            args += [f"--trainer.default_root_dir={out / method}"]
+        salun(args)
         print(f"    done in {time.perf_counter() - started:.1f} s", flush=True)
     print(f"\n[{len(steps) + 1}/{len(steps) + 1}] report", flush=True)
     run_dirs = [str(out / m) for m in ("retrain", "train", *UNLEARNING_METHODS)]
