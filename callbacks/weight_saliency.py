@@ -52,6 +52,7 @@ _NO_FORGET_DATA = (
     "WeightSaliencyCallback needs forget data: pass WeightSaliencyCallback(forget_dataloader=...) or give the "
     "Trainer a LightningDataModule with a forget_dataloader() method (or load a mask with mask_path=...)."
 )
+SALIENCY_PRECISIONS = ("float32", "trainer")
 _MASK_PREFIXES = ("", "module.", "net.", "model.", "unet.")  # name prefixes a mask file may differ by
 _PROVENANCE_KEYS = ("forget_set", "forget_set_description", "ratio", "parameter_hash")
 _CHECKED_KEYS = {"forget_set": "forget set", "ratio": "ratio", "parameter_hash": "starting weights (parameter_hash)"}
@@ -404,11 +405,14 @@ class WeightSaliencyCallback(Callback):
             loss is weighted by it). Default: Lightning's ``extract_batch_size`` (the first tensor's length).
         allow_mask_mismatch: use a ``mask_path`` file whose provenance differs from the run, with a warning naming
             the differences, instead of raising.
+        saliency_precision: ``float32`` (default, as the reference code) runs the saliency pass with autocast off,
+            whatever the Trainer's mixed precision (parameters stored in a lower precision, as under ``bf16-true``,
+            are used as they are); ``trainer`` runs it under the Trainer's precision context, as training runs.
 
     Raises:
-        ValueError: ``ratio`` outside ``(0, 1]`` or an invalid regular expression; at the start of fit, a
-            ``mask_path`` file that is not a readable mask, does not fit the selected parameters, or was made for
-            another forget set, ratio or starting weights (without ``allow_mask_mismatch``).
+        ValueError: ``ratio`` outside ``(0, 1]``, an invalid regular expression or ``saliency_precision``; at the
+            start of fit, a ``mask_path`` file that is not a readable mask, does not fit the selected parameters,
+            or was made for another forget set, ratio or starting weights (without ``allow_mask_mismatch``).
         FileNotFoundError: at the start of fit, no file at ``mask_path``.
         MisconfigurationException: in ``setup``, an unsupported strategy, no forget data, or manual optimization
             without ``loss_fn`` or ``saliency_loss`` (and no ``mask_path``).
@@ -453,8 +457,14 @@ class WeightSaliencyCallback(Callback):
         parameters: Optional[Sequence[str]] = None,
         batch_size_fn: Optional[Callable[[Any], int]] = None,
         allow_mask_mismatch: bool = False,
+        saliency_precision: str = "float32",
     ) -> None:
         super().__init__()
+        if saliency_precision not in SALIENCY_PRECISIONS:
+            raise ValueError(
+                f"saliency_precision must be one of {', '.join(SALIENCY_PRECISIONS)}, got {saliency_precision!r}: "
+                "'float32' (the reference code) or 'trainer' (the Trainer's precision, e.g. bf16 autocast)."
+            )
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
             raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}; the paper keeps 0.5.")
         if isinstance(parameters, str):
@@ -474,6 +484,7 @@ class WeightSaliencyCallback(Callback):
         self.parameters = list(parameters) if parameters is not None else None
         self.batch_size_fn = batch_size_fn
         self.allow_mask_mismatch = allow_mask_mismatch
+        self.saliency_precision = saliency_precision
         self._patterns = patterns
         self.mask: dict[str, Tensor] = {}
         self.saliency_stats: dict[str, Any] = {}
@@ -580,7 +591,7 @@ class WeightSaliencyCallback(Callback):
                 if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
                     raise ValueError(f"batch_size_fn must return a positive int, got {batch_size!r} on forget batch "
                                      f"{batch_idx}.")
-                with trainer.precision_plugin.forward_context():
+                with self._precision_context(trainer, pl_module):
                     loss = loss_fn(batch, batch_idx)
                 if not isinstance(loss, Tensor) or loss.numel() != 1 or not bool(torch.isfinite(loss.detach())):
                     bad_batch, bad_loss = batch_idx, loss
@@ -606,6 +617,12 @@ class WeightSaliencyCallback(Callback):
             torch.distributed.all_reduce(flat)
         pl_module.zero_grad(set_to_none=True)
         return {name: view.view_as(p).abs_() for (name, p), view in zip(selected.items(), views)}
+
+    def _precision_context(self, trainer: Trainer, pl_module: LightningModule) -> contextlib.AbstractContextManager:
+        """The Trainer's precision context, or for ``float32`` one with autocast off (mixed precision disabled)."""
+        if self.saliency_precision == "trainer":
+            return trainer.precision_plugin.forward_context()
+        return torch.autocast(device_type=pl_module.device.type, enabled=False)
 
     def _has_forget_data(self, trainer: Trainer) -> bool:
         return self.forget_dataloader is not None or callable(getattr(trainer.datamodule, "forget_dataloader", None))

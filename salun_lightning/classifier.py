@@ -36,7 +36,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from salun_lightning.callbacks import WeightSaliencyCallback
 from salun_lightning.files import write_json
-from salun_lightning.labels import random_other_labels
+from salun_lightning.labels import random_forget_labels
 from salun_lightning.metrics import MIAEfficacy
 from salun_lightning.models import build_classifier, load_weights, save_weights
 from salun_lightning.runs import METRICS_FILENAME, MODEL_FILENAME, begin_run, finish_run, run_directory_of
@@ -101,6 +101,13 @@ class ClassifierUnlearningModule(LightningModule):
         lr_gamma: the factor at each milestone.
         l1_alpha: the L1 weight at the first step of ``l1_sparse`` (decays linearly to 0).
         saliency_ratio: ``salun``: the fraction of weights to train.
+        freeze_non_salient: ``salun``: restore non-salient weights after every step so they never move (exact; the
+            reference code since February 2026), or only mask their gradients (the code that produced the paper's
+            tables, where weight decay and momentum still shrink them).
+        saliency_precision: ``salun``: ``float32`` saliency pass whatever the Trainer's precision (the reference
+            code), or ``trainer`` (see :class:`~salun_lightning.callbacks.WeightSaliencyCallback`).
+        random_labels: ``rl`` and ``salun``: the forget samples' labels: a random ``other`` class (the paper's
+            equation), or ``any`` class, the true one included one time in C (the reference code).
         mask_path: ``salun``: load the mask from this file (``salun mask`` writes one) instead of computing it.
         save_mask_path: ``salun``: write the computed mask here.
         mia_seed: seed of the MIA-Efficacy shadow-set subsampling.
@@ -129,6 +136,9 @@ class ClassifierUnlearningModule(LightningModule):
         lr_gamma: float = 0.1,
         l1_alpha: float = 5e-4,
         saliency_ratio: float = 0.5,
+        freeze_non_salient: bool = True,
+        saliency_precision: Literal["float32", "trainer"] = "float32",
+        random_labels: Literal["other", "any"] = "other",
         mask_path: Optional[str] = None,
         save_mask_path: Optional[str] = None,
         mia_seed: int = 0,
@@ -149,6 +159,8 @@ class ClassifierUnlearningModule(LightningModule):
             raise ValueError("lr must be positive, weight_decay and l1_alpha non-negative, momentum in [0, 1).")
         if not 0 < saliency_ratio <= 1:
             raise ValueError(f"saliency_ratio must be in (0, 1], got {saliency_ratio}.")
+        if random_labels not in ("other", "any"):
+            raise ValueError(f"random_labels must be 'other' or 'any', got {random_labels!r}.")
         if (mask_path or save_mask_path) and not spec.saliency:
             raise ValueError(f"mask_path and save_mask_path belong to method 'salun', not {method!r}.")
         if num_classes is None or in_channels is None:
@@ -210,6 +222,8 @@ class ClassifierUnlearningModule(LightningModule):
                 ratio=self.hparams.saliency_ratio,
                 mask_path=self.hparams.mask_path,
                 save_mask_path=self.hparams.save_mask_path,
+                freeze_non_salient=self.hparams.freeze_non_salient,
+                saliency_precision=self.hparams.saliency_precision,
             )
         ]
 
@@ -229,7 +243,8 @@ class ClassifierUnlearningModule(LightningModule):
         logits = self(batch["image"])
         labels, is_forget = batch["label"], batch["is_forget"]
         if self.spec.forget_loss == "random_labels":
-            labels = torch.where(is_forget, random_other_labels(labels, logits.shape[1]), labels)
+            drawn = random_forget_labels(labels, logits.shape[1], exclude_true=self.hparams.random_labels == "other")
+            labels = torch.where(is_forget, drawn, labels)
         loss = F.cross_entropy(logits, labels)
         if self.spec.forget_loss == "ascent":
             loss = -loss

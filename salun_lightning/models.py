@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -72,7 +73,9 @@ def cifar_vgg16_bn(num_classes: int, in_channels: int = 3) -> nn.Module:
 
 
 def build_classifier(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """Build a classifier: one of ``CLASSIFIERS`` or ``"torchvision:<model name>"`` (random weights).
+    """Build a classifier: one of ``CLASSIFIERS``, ``"small_resnet_w<width>"`` (the small ResNet with stage widths
+    width, 2 width, 4 width; ``small_resnet`` is ``small_resnet_w16``) or ``"torchvision:<model name>"`` (random
+    weights).
 
     Raises:
         ValueError: an unknown name, or a torchvision model that is not a classifier.
@@ -81,6 +84,9 @@ def build_classifier(name: str, num_classes: int, in_channels: int = 3) -> nn.Mo
         return cifar_resnet18(num_classes, in_channels)
     if name == "small_resnet":
         return SmallResNet(num_classes, in_channels)
+    wide = re.fullmatch(r"small_resnet_w([1-9][0-9]*)", name)
+    if wide:
+        return SmallResNet(num_classes, in_channels, width=int(wide.group(1)))
     if name == "vgg16_bn":
         return cifar_vgg16_bn(num_classes, in_channels)
     if name.startswith("torchvision:"):
@@ -94,7 +100,9 @@ def build_classifier(name: str, num_classes: int, in_channels: int = 3) -> nn.Mo
         if in_channels != 3:
             raise ValueError(f"torchvision models take 3-channel images; {model_name!r} cannot take {in_channels}.")
         return tv_models.get_model(model_name, weights=None, num_classes=num_classes)
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(CLASSIFIERS)} or 'torchvision:<name>'.")
+    raise ValueError(
+        f"unknown model {name!r}; choose one of {', '.join(CLASSIFIERS)}, 'small_resnet_w<width>' or 'torchvision:<name>'."
+    )
 
 
 def load_weights(net: nn.Module, path: Union[str, os.PathLike], option: str = "original_weights") -> dict[str, str]:

@@ -273,7 +273,7 @@ def test_argument_errors(kwargs, message):
 
 
 def test_unknown_model_error():
-    with pytest.raises(ValueError, match="unknown model 'resnet99'; choose one of resnet18, small_resnet, vgg16_bn"):
+    with pytest.raises(ValueError, match="unknown model 'resnet99'; choose one of resnet18, small_resnet, vgg16_bn, 'small_resnet_w<width>'"):
         build_classifier("resnet99", 10)
     with pytest.raises(ValueError, match="unknown torchvision classification model 'nope'"):
         build_classifier("torchvision:nope", 10)
@@ -297,3 +297,49 @@ def test_an_unreadable_weights_file_names_the_file_and_the_option(original, tmp_
     truncated.write_bytes(original.read_bytes()[:1000])
     with pytest.raises(ValueError, match=r"cannot read original_weights '.*cut\.safetensors': .*may be truncated"):
         make_model("ft", original_weights=str(truncated))
+
+
+@pytest.mark.parametrize("random_labels", ["other", "any"])
+def test_random_labels_exclude_the_true_class_unless_asked(original, tmp_path, monkeypatch, random_labels):
+    forget_labels, drawn = [], []
+    real_cross_entropy = F.cross_entropy
+
+    def spy(logits, labels, *args, **kwargs):
+        drawn.append(labels.clone())
+        return real_cross_entropy(logits, labels, *args, **kwargs)
+
+    model = make_model("rl", original_weights=str(original), random_labels=random_labels)
+    original_step = model.training_step
+
+    def recording_step(batch, batch_idx):
+        forget_labels.append((batch["label"].clone(), batch["is_forget"].clone()))
+        return original_step(batch, batch_idx)
+
+    model.training_step = recording_step
+    monkeypatch.setattr(classifier.F, "cross_entropy", spy)
+    make_trainer(tmp_path, max_epochs=3).fit(model, make_data(model, forget_fraction=0.3))
+    kept = torch.cat([d[f] == true[f] for d, (true, f) in zip(drawn, forget_labels)])
+    assert len(kept) > 1000
+    assert (not kept.any()) if random_labels == "other" else 0.05 < kept.float().mean() < 0.15  # 1 in 10
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_non_salient_reaches_the_callback(original, tmp_path, freeze):
+    from safetensors.torch import load_file
+
+    start = load_file(str(original))
+    model = make_model("salun", original_weights=str(original), freeze_non_salient=freeze, saliency_precision="trainer")
+    trainer = make_trainer(tmp_path, limit_train_batches=3)
+    trainer.fit(model, make_data(model))
+    saliency = next(c for c in trainer.callbacks if isinstance(c, WeightSaliencyCallback))
+    assert saliency.freeze_non_salient is freeze and saliency.saliency_precision == "trainer"
+    moved = sum(int((p.detach()[~saliency.mask[f"net.{n}"]] != start[n][~saliency.mask[f"net.{n}"]]).sum())
+                for n, p in model.net.named_parameters())
+    assert (moved == 0) if freeze else moved > 0  # gradient masking alone lets momentum and weight decay move them
+
+
+def test_a_wider_small_resnet_is_built_by_name():
+    net = build_classifier("small_resnet_w32", 10, 3)
+    assert net.stem[0].out_channels == 32 and net.fc.in_features == 128
+    with pytest.raises(ValueError, match="unknown model 'small_resnet_w0'"):
+        build_classifier("small_resnet_w0", 10)

@@ -485,3 +485,24 @@ def test_data_errors_are_raised_before_training(tmp_path, folder):
     (root / "test").rename(root / "valid")
     with pytest.raises(ValueError, match="no folder in .* holds both train/<class>/<image> and test/<class>/<image>"):
         sources.load_image_folder_data(root, tmp_path / "c2")
+
+
+def test_the_forget_loader_can_shuffle_and_augment_like_training(tmp_path):
+    plain = digits(tmp_path, forget_fraction=0.2, batch_size=16, eval_batch_size=16)
+    plain.setup("fit")
+    batch = next(iter(plain.forget_dataloader()))
+    assert "augment" not in batch and torch.equal(batch["index"], plain.split.forget[:16])
+    augmented = digits(tmp_path, forget_fraction=0.2, batch_size=16, eval_batch_size=16, augment=True,
+                       augment_forget_loader=True)
+    augmented.setup("fit")
+    first = [b["index"] for b in augmented.forget_dataloader()]
+    order = torch.cat(first)
+    assert not torch.equal(order, augmented.split.forget) and torch.equal(order.sort().values, augmented.split.forget)
+    assert torch.equal(order, torch.cat([b["index"] for b in augmented.forget_dataloader()]))  # seeded
+    assert next(iter(augmented.forget_dataloader()))["augment"] is True  # cropped and flipped on the device
+
+
+def test_cifar100_interleaves_forget_and_retain_by_default():
+    assert UnlearningDataModule("cifar100", forget_fraction=0.1).schedule == "interleaved"
+    assert UnlearningDataModule("cifar10", forget_fraction=0.1).schedule == "sequential"
+    assert UnlearningDataModule("cifar100", forget_fraction=0.1, schedule="sequential").schedule == "sequential"

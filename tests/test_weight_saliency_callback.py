@@ -653,3 +653,29 @@ def test_unsupported_strategy_error():
     callback = WeightSaliencyCallback(forget_dataloader=DataLoader(make_dataset(8, 1)))
     with pytest.raises(MisconfigurationException, match="supports single-device and DDP strategies, not FSDPStrategy"):
         callback.setup(type("T", (), {"strategy": FSDPStrategy.__new__(FSDPStrategy)})(), PlainClassifier(), "fit")
+
+
+@pytest.mark.parametrize(("saliency_precision", "dtype"), [("float32", torch.float32), ("trainer", torch.bfloat16)])
+def test_the_saliency_pass_is_float32_under_bf16_mixed_unless_told_otherwise(saliency_precision, dtype):
+    forget = make_dataset(37, seed=1)
+    dtypes = []
+
+    def loss_fn(module, batch):
+        logits = module(batch[0])
+        dtypes.append(logits.dtype)
+        return F.cross_entropy(logits.float(), batch[1])
+
+    callback = WeightSaliencyCallback(ratio=0.5, forget_dataloader=DataLoader(forget, batch_size=8), loss_fn=loss_fn,
+                                      saliency_precision=saliency_precision)
+    model = PlainClassifier()
+    trainer(max_epochs=1, callbacks=[callback], precision="bf16-mixed").fit(
+        model, DataLoader(make_dataset(32, seed=2), batch_size=8))
+    assert dtypes and set(dtypes) == {dtype}
+    if saliency_precision == "float32":  # the float32 mask, exactly
+        expected = reference_mask(PlainClassifier(), forget, 0.5)
+        assert all(torch.equal(callback.mask[name], mask) for name, mask in expected.items())
+
+
+def test_an_unknown_saliency_precision_is_refused():
+    with pytest.raises(ValueError, match=r"saliency_precision must be one of float32, trainer, got 'bf16'"):
+        WeightSaliencyCallback(saliency_precision="bf16")

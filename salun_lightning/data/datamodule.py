@@ -180,8 +180,8 @@ class UnlearningDataModule(ImageSourceDataModule):
     bool [B]}``; ``"index"`` points into the full training set (or the test set for test samples), ``"is_forget"``
     marks forget samples. :meth:`on_after_batch_transfer` then turns ``"image"`` into normalised float32 on the
     batch's device, after a random crop (padding ``crop_padding``) and horizontal flip for training-stream batches
-    when ``augment`` is on. Evaluation loaders (``forget_dataloader``, ``retain_dataloader``, validation, test) are
-    unshuffled and never augmented.
+    when ``augment`` is on. Evaluation loaders (``retain_dataloader``, validation, test) are unshuffled and never
+    augmented; so is ``forget_dataloader``, the saliency mask's data, unless ``augment_forget_loader``.
 
     Splits (see :mod:`salun_lightning.data.splits`): a seeded validation hold-out of ``val_size`` samples, then the
     forget set from the rest: ``forget_set="random"`` draws ``forget_fraction`` of the remaining samples (or
@@ -221,7 +221,8 @@ class UnlearningDataModule(ImageSourceDataModule):
             The paper holds out 5,000 of CIFAR-10's 50,000. Default 0 (no validation).
         seed: seed of the hold-out, of the random forget set and of the training shuffles.
         stream: the training stream: the LightningModule's ``train_stream``. Required by ``train_dataloader``.
-        schedule: how ``"forget_retain"`` orders D_f and D_r within an epoch.
+        schedule: how ``"forget_retain"`` orders D_f and D_r within an epoch; default ``interleaved`` for CIFAR-100
+            (as the reference code does there), else ``sequential`` (as it does for CIFAR-10).
         batch_size: training batch size.
         eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).
         num_workers: DataLoader worker processes (the data is in memory; 0 is usually fastest).
@@ -230,6 +231,9 @@ class UnlearningDataModule(ImageSourceDataModule):
             for digits and SVHN.
         crop_padding: zero padding before the random crop (0: no crop).
         horizontal_flip: whether augmentation flips.
+        augment_forget_loader: make :meth:`forget_dataloader`, which the saliency mask reads, shuffle and augment
+            like the training stream, as the reference code does (default: unshuffled, unaugmented; the test loaders
+            are never augmented).
         mean: per-channel normalisation mean on the [0, 1] scale; default: the dataset's usual values, or for an
             image folder the statistics of its training images.
         std: per-channel normalisation std, as ``mean``.
@@ -265,7 +269,7 @@ class UnlearningDataModule(ImageSourceDataModule):
         val_size: Union[int, float] = 0,
         seed: int = 0,
         stream: Optional[Literal["full", "retain", "forget", "forget_retain"]] = None,
-        schedule: Literal["sequential", "interleaved"] = "sequential",
+        schedule: Optional[Literal["sequential", "interleaved"]] = None,
         batch_size: int = 128,
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
@@ -273,6 +277,7 @@ class UnlearningDataModule(ImageSourceDataModule):
         augment: Optional[bool] = None,
         crop_padding: int = 4,
         horizontal_flip: bool = True,
+        augment_forget_loader: bool = False,
         mean: Optional[list[float]] = None,
         std: Optional[list[float]] = None,
         run_dir: Optional[str] = None,
@@ -282,6 +287,7 @@ class UnlearningDataModule(ImageSourceDataModule):
         _check_arguments(**self.hparams)
         self._init_source(dataset, data_path, cache_dir)
         self.augment = augment if augment is not None else dataset in ("cifar10", "cifar100", "image_folder")
+        self.schedule = schedule or ("interleaved" if dataset == "cifar100" else "sequential")
         self.eval_batch_size = eval_batch_size or batch_size
         self.test_split_names = ["forget", "retain", "test"]
         if forget_set == "class":
@@ -394,7 +400,7 @@ class UnlearningDataModule(ImageSourceDataModule):
             blocks = [split.retain]
         elif stream == "forget":
             blocks = [split.forget]
-        elif self.hparams.schedule == "sequential":
+        elif self.schedule == "sequential":
             blocks = [split.forget, split.retain]
         else:
             blocks = [torch.cat([split.forget, split.retain])]
@@ -427,8 +433,14 @@ class UnlearningDataModule(ImageSourceDataModule):
         return [self._loader(parts[name], self.eval_batch_size, collate_fn=CollateSplit(name)) for name in parts]
 
     def forget_dataloader(self) -> DataLoader:
-        """D_f, unshuffled and unaugmented, with ``eval_batch_size``."""
-        return self._loader(self._train_dataset(self._split().forget), self.eval_batch_size)
+        """D_f with ``eval_batch_size``, the data of the saliency mask: unshuffled and unaugmented, or with
+        ``augment_forget_loader`` shuffled (with ``seed``) and augmented as the training stream is."""
+        forget = self._split().forget
+        if not self.hparams.augment_forget_loader:
+            return self._loader(self._train_dataset(forget), self.eval_batch_size)
+        sampler = ShuffledBlocksSampler([len(forget)], self.hparams.seed)
+        collate = collate_augmented_batch if self.augment else collate_batch
+        return self._loader(self._train_dataset(forget), self.eval_batch_size, sampler, collate)
 
     def retain_dataloader(self) -> DataLoader:
         """D_r, unshuffled and unaugmented, with ``eval_batch_size``."""
@@ -535,7 +547,8 @@ def _check_arguments(
 
     choice("dataset", dataset, DATASETS)
     choice("forget_set", forget_set, FORGET_SETS)
-    choice("schedule", schedule, SCHEDULES)
+    if schedule is not None:
+        choice("schedule", schedule, SCHEDULES)
     if stream is not None:
         choice("stream", stream, STREAMS)
     if dataset == "image_folder" and data_path is None:
