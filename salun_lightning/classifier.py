@@ -111,7 +111,9 @@ class ClassifierUnlearningModule(LightningModule):
         mask_path: ``salun``: load the mask from this file (``salun mask`` writes one) instead of computing it.
         save_mask_path: ``salun``: write the computed mask here.
         mia_seed: seed of the MIA-Efficacy shadow-set subsampling.
-        channels_last: use the channels-last memory format (faster convolutions on GPUs).
+        channels_last: use the channels-last memory format (faster convolutions on GPUs); default: on CUDA only.
+        compile_backend: compile the network's forward with ``torch.compile(backend=...)`` (``inductor`` on GPUs);
+            ``None`` runs it eagerly. The saved weights and checkpoints are the plain network's.
 
     Raises:
         ValueError: an unknown method, missing or superfluous ``original_weights``, no ``num_classes`` or
@@ -142,7 +144,8 @@ class ClassifierUnlearningModule(LightningModule):
         mask_path: Optional[str] = None,
         save_mask_path: Optional[str] = None,
         mia_seed: int = 0,
-        channels_last: bool = False,
+        channels_last: Optional[bool] = None,
+        compile_backend: Optional[str] = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -177,8 +180,8 @@ class ClassifierUnlearningModule(LightningModule):
         self._fit_started: Optional[float] = None
         if original_weights is not None:
             load_weights(self.net, original_weights, "original_weights")
-        if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self._channels_last = bool(channels_last)
+        self.__dict__["_compiled"] = None  # torch.compile(self.net) once set up; kept out of the submodules
         self.test_accuracy = nn.ModuleDict(
             {name: MulticlassAccuracy(num_classes, average="micro") for name in TEST_SPLITS}
         )
@@ -210,9 +213,9 @@ class ClassifierUnlearningModule(LightningModule):
         self.model_path = path
 
     def forward(self, images: Tensor) -> Tensor:
-        if self.hparams.channels_last:
+        if self._channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.net(images)
+        return (self.net if self._compiled is None else self._compiled)(images)
 
     def configure_callbacks(self) -> list[Callback]:
         if not self.spec.saliency:
@@ -265,6 +268,13 @@ class ClassifierUnlearningModule(LightningModule):
         self.log("val/accuracy", accuracy, prog_bar=True, batch_size=len(logits))
 
     def setup(self, stage: str) -> None:
+        hp = self.hparams
+        on_cuda = self.trainer.strategy.root_device.type == "cuda"
+        self._channels_last = on_cuda if hp.channels_last is None else hp.channels_last
+        if self._channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if hp.compile_backend is not None and self._compiled is None:
+            self.__dict__["_compiled"] = torch.compile(self.net, backend=hp.compile_backend)
         if stage == "fit":  # before the callbacks' on_fit_start, so that RTE includes the saliency mask
             if self.trainer.is_global_zero:
                 begin_run(self.trainer.default_root_dir)

@@ -343,3 +343,18 @@ def test_a_wider_small_resnet_is_built_by_name():
     assert net.stem[0].out_channels == 32 and net.fc.in_features == 128
     with pytest.raises(ValueError, match="unknown model 'small_resnet_w0'"):
         build_classifier("small_resnet_w0", 10)
+
+
+def test_compiling_and_channels_last_change_no_result_and_no_weight_name(original, tmp_path):
+    torch.manual_seed(0)
+    plain = make_model("ft", original_weights=str(original))
+    torch.manual_seed(0)
+    fast = make_model("ft", original_weights=str(original), compile_backend="eager", channels_last=True)
+    for model, root in ((plain, tmp_path / "plain"), (fast, tmp_path / "fast")):
+        pl.seed_everything(0)
+        make_trainer(root, limit_train_batches=2).fit(model, make_data(model))
+    assert fast._compiled is not None and plain._compiled is None and plain._channels_last is False  # CPU default
+    assert fast.net.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    for (name, a), b in zip(plain.net.state_dict().items(), fast.net.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name, atol=1e-5, rtol=1e-4)

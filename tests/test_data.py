@@ -506,3 +506,25 @@ def test_cifar100_interleaves_forget_and_retain_by_default():
     assert UnlearningDataModule("cifar100", forget_fraction=0.1).schedule == "interleaved"
     assert UnlearningDataModule("cifar10", forget_fraction=0.1).schedule == "sequential"
     assert UnlearningDataModule("cifar100", forget_fraction=0.1, schedule="sequential").schedule == "sequential"
+
+
+def augmented_batches(tmp_path, data_on_device: bool, global_seed: int) -> list[dict]:
+    data = digits(tmp_path, forget_fraction=0.1, batch_size=32, augment=True, stream="forget_retain",
+                  data_on_device=data_on_device)
+    data.trainer = Trainer(accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path)
+    data.setup("fit")
+    torch.manual_seed(global_seed)  # the augmentation must not depend on the global generator
+    return [data.on_after_batch_transfer(batch, 0) for batch, _ in zip(data.train_dataloader(), range(3))]
+
+
+def test_data_on_device_gives_the_host_batches_under_the_seed(tmp_path):
+    host, device = augmented_batches(tmp_path, False, 0), augmented_batches(tmp_path, True, 1)
+    for a, b in zip(host, device):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["is_forget"], b["is_forget"])
+        assert torch.equal(a["image"], b["image"])
+    plain = digits(tmp_path, forget_fraction=0.1, batch_size=32, stream="forget_retain")
+    plain.setup("fit")
+    unaugmented = plain.on_after_batch_transfer(next(iter(plain.train_dataloader())), 0)
+    assert torch.equal(unaugmented["index"], host[0]["index"]) and not torch.equal(unaugmented["image"], host[0]["image"])
+    with pytest.raises(ValueError, match="data_on_device keeps the data set on the accelerator: set num_workers=0"):
+        digits(tmp_path, data_on_device=True, num_workers=2)

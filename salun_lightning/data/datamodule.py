@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -226,7 +227,11 @@ class UnlearningDataModule(ImageSourceDataModule):
         batch_size: training batch size.
         eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).
         num_workers: DataLoader worker processes (the data is in memory; 0 is usually fastest).
-        pin_memory: pin batches for faster host-to-GPU copies.
+        pin_memory: pin batches for faster host-to-GPU copies (non-blocking); ignored with ``data_on_device``.
+        data_on_device: move the decoded uint8 data set to the Trainer's device once (at ``setup``), so that batches
+            are gathered, augmented and normalised there: no host-side image indexing, no per-batch image copies.
+            Needs ``num_workers=0``. The batches are the same as on the host: same indices, and augmentation drawn
+            from this module's own seeded generator whatever the device.
         augment: random crop and horizontal flip of training batches; default on for CIFAR and image folders, off
             for digits and SVHN.
         crop_padding: zero padding before the random crop (0: no crop).
@@ -274,6 +279,7 @@ class UnlearningDataModule(ImageSourceDataModule):
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         pin_memory: bool = False,
+        data_on_device: bool = False,
         augment: Optional[bool] = None,
         crop_padding: int = 4,
         horizontal_flip: bool = True,
@@ -288,6 +294,14 @@ class UnlearningDataModule(ImageSourceDataModule):
         self._init_source(dataset, data_path, cache_dir)
         self.augment = augment if augment is not None else dataset in ("cifar10", "cifar100", "image_folder")
         self.schedule = schedule or ("interleaved" if dataset == "cifar100" else "sequential")
+        if data_on_device and num_workers > 0:
+            raise ValueError("data_on_device keeps the data set on the accelerator: set num_workers=0 (the batches "
+                             "are gathered there; worker processes cannot share it).")
+        # Augmentation draws its crops and flips from this generator, on the CPU, whatever the batch's device: the same
+        # batches on the host and on the device, under the seed. Made at the first batch (a generator does not travel
+        # to ddp_spawn's processes).
+        self._augment_generator: Optional[torch.Generator] = None
+        self._device_data: Optional[ImageData] = None
         self.eval_batch_size = eval_batch_size or batch_size
         self.test_split_names = ["forget", "retain", "test"]
         if forget_set == "class":
@@ -381,7 +395,11 @@ class UnlearningDataModule(ImageSourceDataModule):
         if images.dtype != torch.uint8:
             return batch
         if augment:
-            images = random_crop_flip(images, self.hparams.crop_padding, self.hparams.horizontal_flip)
+            if self._augment_generator is None:
+                self._augment_generator = torch.Generator().manual_seed(self.hparams.seed)
+            images = random_crop_flip(
+                images, self.hparams.crop_padding, self.hparams.horizontal_flip, generator=self._augment_generator
+            )
         if images.device not in self._device_stats:
             mean, std = (torch.tensor(values, device=images.device) for values in (self.mean, self.std))
             self._device_stats[images.device] = (mean, std)
@@ -463,14 +481,26 @@ class UnlearningDataModule(ImageSourceDataModule):
                 self._stats = _channel_statistics(self._load().train_images)
         return self._stats
 
+    def _loader_data(self) -> ImageData:
+        """The decoded data set, on the Trainer's device with ``data_on_device`` (moved once), else on the host."""
+        data = self._load()
+        if not self.hparams.data_on_device or self.trainer is None:
+            return data
+        device = self.trainer.strategy.root_device
+        if self._device_data is None or self._device_data.train_images.device != device:
+            moved = {name: getattr(data, name).to(device) for name in ("train_images", "train_labels", "test_images",
+                                                                        "test_labels")}
+            self._device_data = dataclasses.replace(data, **moved)
+        return self._device_data
+
     def _train_dataset(self, indices: Tensor) -> IndexedImageDataset:
-        data, split = self._load(), self._split()
+        data, split = self._loader_data(), self._split()
         is_forget = torch.zeros(len(data.train_labels), dtype=torch.bool)
         is_forget[split.forget] = True
         return IndexedImageDataset(data.train_images, data.train_labels, indices, is_forget[indices])
 
     def _test_dataset(self, indices: Tensor) -> IndexedImageDataset:
-        data = self._load()
+        data = self._loader_data()
         is_forget = torch.zeros(len(indices), dtype=torch.bool)
         return IndexedImageDataset(data.test_images, data.test_labels, indices, is_forget)
 
@@ -484,7 +514,7 @@ class UnlearningDataModule(ImageSourceDataModule):
             sampler=sampler,
             collate_fn=collate_fn,
             num_workers=workers,
-            pin_memory=self.hparams.pin_memory,
+            pin_memory=self.hparams.pin_memory and not self.hparams.data_on_device,
             persistent_workers=workers > 0,
         )
 
