@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--methods", nargs="+", choices=UNLEARNING, default=list(UNLEARNING))
     parser.add_argument("--lr-grid", action="store_true", help="choose each method's lr on the first seed")
-    parser.add_argument("--train-epochs", type=int, default=30, help="epochs of the original and retrain models")
+    parser.add_argument("--train-epochs", type=int, default=60, help="epochs of the original and retrain models")
     parser.add_argument("--train-per-class", type=int, default=250)
     parser.add_argument("--test-per-class", type=int, default=100)
     parser.add_argument("--model", default="small_resnet_w32")
