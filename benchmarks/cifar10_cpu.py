@@ -30,15 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 UNLEARNING = ("salun", "ft", "ga", "rl", "l1_sparse")
 
 
-def common_args(subset: Path, root: Path, seed: int) -> list[str]:
+def common_args(subset: Path, root: Path, seed: int, model: str = "small_resnet", augment: bool = True) -> list[str]:
+    """The overrides of the CPU protocols: an image-folder subset, no hold-out, float32 on the CPU, one run directory."""
     return [
         "--data.init_args.dataset=image_folder",
         f"--data.init_args.data_path={subset}",
         "--data.init_args.val_size=0",
+        f"--data.init_args.augment={str(augment).lower()}",
         f"--data.init_args.seed={seed}",
         "--data.init_args.batch_size=128",
         "--data.init_args.eval_batch_size=500",
-        "--model.init_args.model=small_resnet",
+        f"--model.init_args.model={model}",
         "--trainer.precision=32-true",
         "--trainer.accelerator=cpu",
         "--trainer.devices=1",

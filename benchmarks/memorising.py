@@ -48,22 +48,10 @@ GRID = (0.3, 1.0, 3.0)
 
 
 def common_args(subset: Path, root: Path, seed: int, model: str) -> list[str]:
-    return [
-        "--data.init_args.dataset=image_folder",
-        f"--data.init_args.data_path={subset}",
-        "--data.init_args.val_size=0",
-        "--data.init_args.augment=false",
-        f"--data.init_args.seed={seed}",
-        "--data.init_args.batch_size=128",
-        "--data.init_args.eval_batch_size=500",
-        f"--model.init_args.model={model}",
-        "--trainer.precision=32-true",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-        "--trainer.enable_progress_bar=false",
-        f"--seed_everything={seed}",
-        f"--trainer.default_root_dir={root}",
-    ]
+    """cifar10_cpu.py's overrides, with the wider model and without augmentation."""
+    from cifar10_cpu import common_args as cpu_protocol_args
+
+    return cpu_protocol_args(subset, root, seed, model=model, augment=False)
 
 
 def fit(method: str, scenario: str, args: list[str]) -> dict:
