@@ -202,12 +202,7 @@ class ClassifierUnlearningModule(LightningModule):
                 one saved by another method (the message names both).
         """
         metadata = load_weights(self.net, path, "the model to test")
-        saved_method = metadata.get("method")
-        if saved_method is not None and saved_method != self.hparams.method:
-            raise ValueError(
-                f"{path!r} was saved by method {saved_method!r}, but this model is configured as "
-                f"{self.hparams.method!r}: test it with the config of the run that made it (its config.yaml)."
-            )
+        self._check_saved_method(metadata.get("method"), repr(path))
         minutes = metadata.get("fit_minutes")
         self.fit_minutes = float(minutes) if minutes not in (None, "None") else None
         self.model_path = path
@@ -300,7 +295,16 @@ class ClassifierUnlearningModule(LightningModule):
         checkpoint["fit_minutes"] = self.fit_minutes
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_saved_method(checkpoint.get("hyper_parameters", {}).get("method"), "the checkpoint")
         self.fit_minutes = checkpoint.get("fit_minutes")
+
+    def _check_saved_method(self, saved: Optional[str], source: str) -> None:
+        """Refuse weights saved by another method: their metrics would carry the wrong method's name."""
+        if saved is not None and saved != self.hparams.method:
+            raise ValueError(
+                f"{source} was saved by method {saved!r}, but this model is configured as "
+                f"{self.hparams.method!r}: test it with the config of the run that made it (its config.yaml)."
+            )
 
     # ------------------------------------------------------------------------------------------------ testing
     def on_test_start(self) -> None:

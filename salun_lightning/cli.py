@@ -124,8 +124,7 @@ class SalunCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit") and self.trainer.state.status == "finished":
-            if callable(getattr(self.model, "test_step", None)) and self.datamodule is not None:
-                self.trainer.test(self.model, datamodule=self.datamodule)
+            self.trainer.test(self.model, datamodule=self.datamodule)
 
     def _parse_ckpt_path(self) -> None:
         """Keep the config as given: LightningCLI would overwrite the model's arguments with a checkpoint's, which
@@ -141,29 +140,12 @@ class SalunCLI(LightningCLI):
                 f"{MODEL_FILENAME} (or a Lightning checkpoint)."
             )
         check_same_forget_set(run_directory_of(path), datamodule)
-        if path.suffix != ".safetensors":
-            check_same_method(path, model)
-        else:
+        if path.suffix == ".safetensors":  # a checkpoint's method is checked by the module as it loads
             if not callable(getattr(model, "load_model", None)):
                 raise ValueError(f"{type(model).__name__} cannot load {path.name}; give a Lightning checkpoint.")
             model.load_model(str(path))
             ckpt_path = None
         self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
-
-
-def check_same_method(checkpoint: Path, model: LightningModule) -> None:
-    """Refuse to test a Lightning checkpoint with a config of another method (its metrics would carry the wrong name).
-
-    Raises:
-        ValueError: the checkpoint's ``method`` hyper-parameter differs from the model's.
-    """
-    import torch
-
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True).get("hyper_parameters", {}).get("method")
-    configured = model.hparams.get("method")
-    if saved is not None and configured is not None and saved != configured:
-        raise ValueError(f"the checkpoint {checkpoint} was saved by method {saved!r}, but the config's model is "
-                         f"{configured!r}: test it with the config of the run that made it (its config.yaml).")
 
 
 def check_same_forget_set(run_dir: Path, datamodule: Any) -> None:

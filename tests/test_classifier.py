@@ -123,6 +123,9 @@ def test_test_of_a_checkpoint_writes_into_its_run(original, tmp_path):
     make_trainer(other).test(make_model("ft", original_weights=str(original)), make_data(), ckpt_path=str(run / "checkpoints" / "last.ckpt"))
     assert json.loads((run / "metrics.json").read_text())["RTE"] > 0  # the checkpoint's fit minutes
     assert not other.exists()
+    with pytest.raises(ValueError, match=r"the checkpoint was saved by method 'ft', but this model is configured as 'rl'"):
+        make_trainer(other).test(make_model("rl", original_weights=str(original)), make_data(),
+                                 ckpt_path=str(run / "checkpoints" / "last.ckpt"))
 
 
 def test_load_model_refuses_another_methods_model(original):

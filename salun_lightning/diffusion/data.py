@@ -215,14 +215,15 @@ class DiffusionDataModule(ImageSourceDataModule):
         _ = self.image_shape  # raises now for non-square images without image_size
         trainer = self.trainer
         if stage == "fit" and trainer is not None and trainer.is_global_zero and self.forget_class_index is not None:
+            forget = self._indices("forget")
             record = {
                 "id": self.forget_set_id,
                 "description": self.forget_set_description,
                 "dataset": self.hparams.dataset,
                 "seed": self.hparams.seed,
-                "count": len(self._indices("forget")),
+                "count": len(forget),
             }
-            write_forget_set(Path(trainer.default_root_dir), record, self._indices("forget").tolist())
+            write_forget_set(Path(trainer.default_root_dir), record, forget.tolist())
 
     @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
