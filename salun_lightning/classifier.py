@@ -39,7 +39,7 @@ from salun_lightning.files import write_json
 from salun_lightning.labels import random_forget_labels
 from salun_lightning.metrics import MIAEfficacy
 from salun_lightning.models import build_classifier, load_weights, save_weights
-from salun_lightning.runs import METRICS_FILENAME, MODEL_FILENAME, begin_run, finish_run, run_directory_of
+from salun_lightning.runs import METRICS_FILENAME, MODEL_FILENAME, begin_run, finish_run, mask_output_path, run_directory_of
 
 Method = Literal["train", "retrain", "ft", "ga", "rl", "l1_sparse", "salun"]
 MODEL_FORMAT = "salun-lightning/classifier"
@@ -109,7 +109,7 @@ class ClassifierUnlearningModule(LightningModule):
         random_labels: ``rl`` and ``salun``: the forget samples' labels: a random ``other`` class (the paper's
             equation), or ``any`` class, the true one included one time in C (the reference code).
         mask_path: ``salun``: load the mask from this file (``salun mask`` writes one) instead of computing it.
-        save_mask_path: ``salun``: write the computed mask here.
+        save_mask_path: ``salun``: write the computed mask here (default: the run's ``mask.safetensors``).
         mia_seed: seed of the MIA-Efficacy shadow-set subsampling.
         channels_last: use the channels-last memory format (faster convolutions on GPUs); default: on CUDA only.
         compile_backend: compile the network's forward with ``torch.compile(backend=...)`` (``inductor`` on GPUs);
@@ -215,13 +215,14 @@ class ClassifierUnlearningModule(LightningModule):
     def configure_callbacks(self) -> list[Callback]:
         if not self.spec.saliency:
             return []
+        hp, run = self.hparams, self._trainer and self._trainer.default_root_dir
         return [
             WeightSaliencyCallback(
-                ratio=self.hparams.saliency_ratio,
-                mask_path=self.hparams.mask_path,
-                save_mask_path=self.hparams.save_mask_path,
-                freeze_non_salient=self.hparams.freeze_non_salient,
-                saliency_precision=self.hparams.saliency_precision,
+                ratio=hp.saliency_ratio,
+                mask_path=hp.mask_path,
+                save_mask_path=mask_output_path(hp.save_mask_path, hp.mask_path, run),
+                freeze_non_salient=hp.freeze_non_salient,
+                saliency_precision=hp.saliency_precision,
             )
         ]
 

@@ -8,6 +8,9 @@ A run directory (``trainer.default_root_dir``) holds:
   request);
 - the model the fit produced: ``model.safetensors`` for classifiers, ``unet/`` (and the rest of a diffusers
   pipeline) for diffusion models;
+- ``mask.safetensors``: the saliency mask a ``salun`` fit computed, with its provenance (forget set, ratio, loss,
+  starting weights; see :class:`~salun_lightning.callbacks.WeightSaliencyCallback`), unless the fit loaded its mask
+  from ``mask_path`` or was told to write it elsewhere (``save_mask_path``);
 - ``metrics.json``: the test results, written only by a test of that model.
 
 A fit marks its directory incomplete first (:func:`begin_run`: the marker file ``INCOMPLETE`` is written and the
@@ -45,9 +48,10 @@ FORGET_SET_FILENAME = "forget_set.json"
 FORGET_INDICES_FILENAME = "forget_indices.json"
 INCOMPLETE_FILENAME = "INCOMPLETE"
 MODEL_FILENAME = "model.safetensors"
+MASK_FILENAME = "mask.safetensors"
 CHECKPOINTS_DIRNAME = "checkpoints"
 # What a fit produces: removed when a new fit starts in the directory, so that nothing stale survives it.
-RUN_OUTPUTS = (METRICS_FILENAME, MODEL_FILENAME, "run.json", "unet", "scheduler")
+RUN_OUTPUTS = (METRICS_FILENAME, MODEL_FILENAME, MASK_FILENAME, "run.json", "unet", "scheduler")
 
 
 def begin_run(directory: PathLike) -> None:
@@ -65,6 +69,19 @@ def begin_run(directory: PathLike) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+def mask_output_path(save_mask_path: Optional[str], mask_path: Optional[str], run: Optional[PathLike]) -> Optional[str]:
+    """Where a ``salun`` fit writes the mask it computes: ``save_mask_path`` when given, else the run directory's
+    ``mask.safetensors``; nowhere when the mask is loaded from ``mask_path`` (the run's config names that file) or
+    there is no run directory (no Trainer).
+
+        >>> mask_output_path(None, None, "runs/x"), mask_output_path(None, "m.safetensors", "runs/x")
+        ('runs/x/mask.safetensors', None)
+    """
+    if save_mask_path is not None or mask_path is not None or run is None:
+        return save_mask_path
+    return str(Path(run) / MASK_FILENAME)
 
 
 def finish_run(directory: PathLike) -> None:

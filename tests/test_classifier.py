@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 import salun_lightning.classifier as classifier
 from salun_lightning import ClassifierUnlearningModule, UnlearningDataModule
-from salun_lightning.callbacks import WeightSaliencyCallback
+from salun_lightning.callbacks import WeightSaliencyCallback, load_mask
 from salun_lightning.labels import random_other_labels
 from salun_lightning.models import build_classifier, load_weights
 from salun_lightning.runs import INCOMPLETE_FILENAME
@@ -201,7 +201,7 @@ def test_salun_leaves_non_salient_weights_untouched(original, tmp_path):
     from safetensors.torch import load_file
 
     start = load_file(str(original))
-    model = make_model("salun", original_weights=str(original), save_mask_path=str(tmp_path / "mask.safetensors"))
+    model = make_model("salun", original_weights=str(original))
     trainer = make_trainer(tmp_path, max_epochs=2)
     trainer.fit(model, make_data(model))
     saliency = next(c for c in trainer.callbacks if isinstance(c, WeightSaliencyCallback))
@@ -211,7 +211,19 @@ def test_salun_leaves_non_salient_weights_untouched(original, tmp_path):
         assert torch.equal(param.detach()[~mask], start[name][~mask]), name
         changed += int((param.detach()[mask] != start[name][mask]).sum())
     assert changed > 0
-    assert (tmp_path / "mask.safetensors").is_file()
+    saved, metadata = load_mask(tmp_path / "mask.safetensors")  # the run keeps its mask, with its provenance
+    assert saved.keys() == saliency.mask.keys()
+    assert all(torch.equal(saved[name], saliency.mask[name]) for name in saved)
+    assert metadata["forget_set"] == json.loads((tmp_path / "forget_set.json").read_text())["id"]
+
+
+def test_salun_with_a_given_mask_writes_no_copy(original, tmp_path):
+    first = make_model("salun", original_weights=str(original))
+    make_trainer(tmp_path / "first").fit(first, make_data(first))
+    model = make_model("salun", original_weights=str(original), mask_path=str(tmp_path / "first" / "mask.safetensors"))
+    make_trainer(tmp_path / "second").fit(model, make_data(model))
+    assert (tmp_path / "second" / "model.safetensors").is_file()
+    assert not (tmp_path / "second" / "mask.safetensors").exists()  # its config.yaml names the mask it used
 
 
 def test_retrain_starts_fresh_and_never_sees_forget_samples(original, tmp_path):

@@ -291,8 +291,12 @@ def test_streams_and_sequential_order(tmp_path):
         tmp_path, forget_fraction=0.3, val_size=100, batch_size=50, stream="forget_retain", schedule="interleaved"
     )
     interleaved.setup()
-    flags = torch.cat([b["is_forget"] for b in interleaved.train_dataloader()])
+    batches = list(interleaved.train_dataloader())
+    flags, indices = torch.cat([b["is_forget"] for b in batches]), torch.cat([b["index"] for b in batches])
     assert flags[: len(forget)].sum() < len(forget)
+    # every forget sample once per epoch: a random label drawn at its step is one label per sample and epoch, as the
+    # reference code's per-epoch relabelling of CIFAR-100 gives
+    assert sorted(indices[flags].tolist()) == sorted(forget) and sorted(indices[~flags].tolist()) == sorted(retain)
     for stream, expected in (("full", forget | retain), ("retain", retain), ("forget", forget)):
         single = digits(tmp_path, forget_fraction=0.3, val_size=100, batch_size=500, stream=stream)
         single.setup()

@@ -1,0 +1,106 @@
+"""The reference-code options of salun, one at a time, on one seed of the memorising regime (benchmarks/memorising.py).
+
+A line-by-line comparison with the official SalUn code found four choices where this project's defaults differ or
+where the reference code changed over time. Each is an option; this script flips one at a time from the defaults and
+reports the run's metrics and Avg. Gap to the same seed's retrain:
+
+- ``augment_forget_loader``: the mask's forget pass shuffled and augmented as the training stream (reference) instead
+  of plain (default). In the memorising regime the training stream is not augmented, so only the order changes;
+- ``random_labels: any`` (reference code: any class, the true one 1 time in C) instead of ``other`` (default, the
+  paper's equation);
+- ``freeze_non_salient: false`` (the code that produced the paper's tables: gradients masked, but momentum and weight
+  decay still move non-salient weights) instead of ``true`` (default: restored exactly);
+- ``saliency_precision``: under ``bf16-mixed`` training, the saliency pass in ``float32`` (default, reference) or in
+  the Trainer's bf16 (``trainer``); both runs train in bf16-mixed, and the share of the mask that differs is printed.
+
+It needs a finished memorising run (its subset, original model and that seed's retrain; it runs them if missing),
+and salun's learning rate (the memorising grid's choice)::
+
+    python benchmarks/fidelity_options.py --lr 0.013 [--seed 0] [--scenario random10] [--out runs/memorising]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from salun_lightning.callbacks import load_mask
+from salun_lightning.metrics.functional import average_gap
+
+VARIANTS: dict[str, list[str]] = {
+    "defaults": [],
+    "augment_forget_loader": ["--data.init_args.augment_forget_loader=true"],
+    "random_labels any": ["--model.init_args.random_labels=any"],
+    "freeze_non_salient false": ["--model.init_args.freeze_non_salient=false"],
+    "bf16-mixed, saliency float32": ["--trainer.precision=bf16-mixed"],
+    "bf16-mixed, saliency trainer": ["--trainer.precision=bf16-mixed", "--model.init_args.saliency_precision=trainer"],
+}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def mask_difference(first: Path, second: Path) -> float:
+    """Percentage of mask elements that differ between two runs' ``mask.safetensors``."""
+    a, b = load_mask(first / "mask.safetensors")[0], load_mask(second / "mask.safetensors")[0]
+    differing = sum(int((a[name] != b[name]).sum()) for name in a)
+    return 100 * differing / sum(m.numel() for m in a.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lr", type=float, required=True, help="salun's learning rate (the memorising grid's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scenario", default="random10", choices=("random10", "random50", "class"))
+    parser.add_argument("--train-epochs", type=int, default=60, help="as memorising.py's run")
+    parser.add_argument("--model", default="small_resnet_w32")
+    parser.add_argument("--out", type=Path, default=Path("runs/memorising"))
+    parser.add_argument("--json", type=Path, default=None, help="write the table here")
+    args = parser.parse_args()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cifar_subset import build_subset
+    from memorising import common_args, fit
+
+    started = time.perf_counter()
+    subset = build_subset(args.out / "data", 250, 100)
+    schedule = [f"--trainer.max_epochs={args.train_epochs}",
+                f"--model.init_args.lr_milestones=[{args.train_epochs // 2}, {3 * args.train_epochs // 4}]"]
+    original_dir = args.out / "original"
+    fit("train", "random10", common_args(subset, original_dir, 0, args.model) + schedule)
+    base = args.out / args.scenario / f"seed{args.seed}"
+    retrain = fit("retrain", args.scenario, common_args(subset, base / "retrain", args.seed, args.model) + schedule)
+    weights = [f"--model.init_args.original_weights={original_dir / 'model.safetensors'}", f"--model.init_args.lr={args.lr}"]
+    rows = {}
+    for name, overrides in VARIANTS.items():
+        root = base / "fidelity" / slug(name)
+        metrics = fit("salun", args.scenario, common_args(subset, root, args.seed, args.model) + weights + overrides)
+        rows[name] = {**{k: metrics[k] for k in ("UA", "RA", "TA", "MIA", "RTE")},
+                      "avg_gap": average_gap(metrics, retrain), "dir": str(root)}
+    bf16 = [rows[name]["dir"] for name in VARIANTS if name.startswith("bf16")]
+    changed = mask_difference(Path(bf16[0]), Path(bf16[1]))
+
+    print(f"\n{args.scenario}, seed {args.seed}, salun lr {args.lr:g}; retrain: "
+          + ", ".join(f"{k} {retrain[k]:.2f}" for k in ("UA", "RA", "TA", "MIA")))
+    print("| option | UA | RA | TA | MIA | Avg. Gap | RTE (min) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, row in rows.items():
+        print(f"| {name} | {row['UA']:.2f} | {row['RA']:.2f} | {row['TA']:.2f} | {row['MIA']:.2f} | "
+              f"{row['avg_gap']:.2f} | {row['RTE']:.2f} |")
+    print(f"\nmask elements that differ between the bf16 and the float32 saliency pass: {changed:.3f}%")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {time.perf_counter() - started:.0f} s in all")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"scenario": args.scenario, "seed": args.seed, "lr": args.lr,
+                                         "retrain": retrain, "options": rows, "mask_difference_bf16": changed},
+                                        indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
