@@ -192,7 +192,8 @@ def test_prompts_come_from_a_csv_for_an_image_folder(tmp_path):
     datamodule = DiffusionDataModule(**arguments, prompt_column="caption")
     datamodule.setup("fit")
     assert next(iter(datamodule.forget_dataloader()))["prompt"] == ["a dog"]
-    assert datamodule.class_prompts == ["an image of cat", "an image of dog"]
+    assert datamodule.class_prompts == ["a cat on a mat", "a dog"]  # each class's one prompt
+    assert datamodule.template_prompts == ["an image of cat", "an image of dog"]
     with pytest.raises(ValueError, match="no column 'prompt'.*set prompt_column"):
         DiffusionDataModule(**arguments).setup("fit")
     with pytest.raises(FileNotFoundError, match=r"prompts_csv '.*missing.csv' does not exist"):
@@ -211,7 +212,7 @@ def test_one_step_of_every_method(kind, method, originals, tokenizer, tmp_path):
     assert any(not torch.equal(before[name], value) for name, value in model.unet.state_dict().items())
     assert (tmp_path / "unet" / "config.json").is_file()
     assert json.loads((tmp_path / "run.json").read_text())["method"] == method
-    if method in ("rl", "salun"):
+    if method in ("ga", "rl", "salun"):
         assert {"train/forget_loss", "train/retain_loss"} <= set(trainer.callback_metrics)
 
 
@@ -357,6 +358,29 @@ def test_the_sum_reduction_sums_the_squared_error_over_each_sample(originals, to
         torch.manual_seed(0)
         losses.append(build("pixel", "rl", originals, tokenizer, denoising_reduction=reduction).denoising_loss(batch))
     assert torch.allclose(losses[1], losses[0] * 64)  # 1x8x8 elements per sample
+
+
+@pytest.mark.parametrize("kind", ["pixel", "text"])
+def test_the_saliency_loss_guides_by_default_as_the_reference_code(kind, originals, tokenizer):
+    model = build(kind, "salun", originals, tokenizer)
+    assert model.hparams.saliency_guidance is None and model.saliency_guidance == {"pixel": 2.0, "text": 7.5}[kind]
+    datamodule = data()
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.forget_dataloader())), 0)
+    torch.manual_seed(0)
+    loss = model.saliency_loss(batch)
+    torch.manual_seed(0)  # by hand, with the same draws: x_t, then the two predictions
+    x_t, t, target = model._noised(batch["image"])
+    conditional = model.denoise(x_t, t, model.encode_condition(batch[model.condition_key]))
+    unconditional = model.denoise(x_t, t, model.encode_condition(model.null_condition(len(x_t))))
+    w = model.saliency_guidance
+    guided = (1 + w) * conditional - w * unconditional
+    assert torch.allclose(loss, model._denoising_error(guided, target), rtol=1e-5)
+    unguided = build(kind, "salun", originals, tokenizer, saliency_guidance=0.0)
+    torch.manual_seed(0)
+    plain = unguided.saliency_loss(batch)
+    assert unguided.hparams.saliency_guidance == 0.0
+    assert torch.allclose(plain, model._denoising_error(conditional, target), rtol=1e-5)
+    assert not torch.allclose(plain, loss)
 
 
 def test_pseudo_classes_differ_from_the_forgotten_class(originals, tokenizer):

@@ -86,14 +86,21 @@ class DiffusionDataModule(ImageSourceDataModule):
     Training streams (``stream``: the model's ``train_stream``, which the ``salun`` command line links): ``"full"``
     (every training image),
     ``"retain"`` (all but the forgotten class), ``"forget"`` (the forgotten class) and ``"forget_retain"``, a dict
-    ``{"forget": batch, "retain": batch}`` every step (a ``CombinedLoader`` in ``max_size_cycle`` mode: an epoch is
-    one pass over the longer of the two, the shorter cycling). :meth:`forget_dataloader` (the saliency mask's data)
-    and :meth:`retain_dataloader` are unshuffled. When a fit sets up with a forgotten class, rank zero writes
-    ``forget_set.json`` and ``forget_indices.json`` into the run directory (``trainer.default_root_dir``).
+    ``{"forget": batch, "retain": batch}`` every step. An epoch of ``"forget_retain"`` is one pass over the forget set
+    (as the reference code): ``ceil(len(D_f) / batch_size)`` steps, a retain batch beside each forget batch. When the
+    retain set has at least as many batches, the ``CombinedLoader`` runs in ``min_size`` mode (the epoch ends with
+    the forget set, and every epoch draws a fresh shuffle of the retain set); otherwise in ``max_size_cycle`` mode (the
+    retain set cycles). Both are plain ``DataLoader`` objects, so Lightning shards each under DDP.
+    :meth:`forget_dataloader` (the saliency mask's data) and :meth:`retain_dataloader` are unshuffled. When a fit
+    sets up with a forgotten class, rank zero writes ``forget_set.json`` and ``forget_indices.json`` into the run
+    directory (``trainer.default_root_dir``).
 
     Every image has a prompt: ``prompt_template`` filled with its class name (underscores become spaces), or, with
     ``prompts_csv``, the ``prompt_column`` of the CSV row whose ``file_column`` is the image's path relative to the
-    ``train`` folder of an image folder (``<class>/<file name>``).
+    ``train`` folder of an image folder (``<class>/<file name>``). :attr:`class_prompts` (what the model samples a
+    class with and takes pseudo and concept prompts from) are the template's, except that with ``prompts_csv`` a class
+    whose training images all share one prompt has that prompt (e.g. images generated from "a photo of a nude
+    person").
 
     Args:
         dataset: ``"digits"``, ``"cifar10"``, ``"cifar100"``, ``"svhn"`` or ``"image_folder"`` (see
@@ -170,9 +177,8 @@ class DiffusionDataModule(ImageSourceDataModule):
             ) from None
         self._init_source(dataset, data_path, cache_dir)
         known = KNOWN_DATASETS.get(dataset)
-        self.forget_class_index: Optional[int] = None
         if known is not None and forget_class is not None:
-            self.forget_class_index = resolve_class(forget_class, known.class_names)
+            resolve_class(forget_class, known.class_names)  # an unknown class fails now
         self.eval_batch_size = eval_batch_size or batch_size
         self._prompts: Optional[list[str]] = None
 
@@ -183,6 +189,13 @@ class DiffusionDataModule(ImageSourceDataModule):
         return forget_set_id(self.hparams.dataset, len(self._load().train_labels), self._indices("forget"))
 
     @property
+    def forget_class_index(self) -> Optional[int]:
+        """The forgotten class's index (``None`` without one); an image folder is read for its class names."""
+        if self.hparams.forget_class is None:
+            return None
+        return resolve_class(self.hparams.forget_class, self.class_names)
+
+    @property
     def forget_set_description(self) -> str:
         """The forgetting scenario in words: ``class 0 (airplane)``."""
         index = resolve_class(self.hparams.forget_class, self.class_names)
@@ -190,7 +203,22 @@ class DiffusionDataModule(ImageSourceDataModule):
 
     @property
     def class_prompts(self) -> list[str]:
-        """The template prompt of every class, in label order."""
+        """The prompt of every class, in label order: the template's, or with ``prompts_csv`` the one prompt that all
+        of a class's training images share (a class with several prompts keeps the template's)."""
+        prompts = self.template_prompts
+        if self.hparams.prompts_csv is None:
+            return prompts
+        data = self._load()
+        if self._prompts is None:
+            self._prompts = self._read_prompts(data)
+        shared: dict[int, set[str]] = {}
+        for label, prompt in zip(data.train_labels.tolist(), self._prompts):
+            shared.setdefault(label, set()).add(prompt)
+        return [next(iter(shared[c])) if len(shared.get(c, ())) == 1 else prompts[c] for c in range(len(prompts))]
+
+    @property
+    def template_prompts(self) -> list[str]:
+        """``prompt_template`` filled with every class name, in label order."""
         return [self.hparams.prompt_template.format(**{"class": name.replace("_", " ")}) for name in self.class_names]
 
     @property
@@ -208,8 +236,7 @@ class DiffusionDataModule(ImageSourceDataModule):
     def setup(self, stage: str = "fit") -> None:
         """Load the images, resolve the forgotten class and read the prompts (once)."""
         data = self._load()
-        if self.hparams.forget_class is not None:
-            self.forget_class_index = resolve_class(self.hparams.forget_class, data.class_names)
+        _ = self.forget_class_index  # raises now for an unknown class
         if self._prompts is None:
             self._prompts = self._read_prompts(data)
         _ = self.image_shape  # raises now for non-square images without image_size
@@ -238,11 +265,12 @@ class DiffusionDataModule(ImageSourceDataModule):
     # ---------------------------------------------------------------------------------------------- loaders
     @override
     def train_dataloader(self) -> Union[DataLoader, CombinedLoader]:
-        """The training stream (see the class docstring), shuffled with ``seed``."""
+        """The training stream (see the class docstring), shuffled with ``seed``; an epoch of ``"forget_retain"`` is
+        one pass over the forget set."""
         stream = self.resolve_stream()
         if stream == "forget_retain":
             loaders = {name: self._loader(self._indices(name), shuffle=True) for name in ("forget", "retain")}
-            return CombinedLoader(loaders, mode="max_size_cycle")
+            return CombinedLoader(loaders, mode=forget_epoch_mode(len(loaders["forget"]), len(loaders["retain"])))
         return self._loader(self._indices(stream), shuffle=True)
 
     def forget_dataloader(self) -> DataLoader:
@@ -284,7 +312,7 @@ class DiffusionDataModule(ImageSourceDataModule):
     def _read_prompts(self, data: ImageData) -> list[str]:
         hp = self.hparams
         if hp.prompts_csv is None:
-            return [self.class_prompts[label] for label in data.train_labels.tolist()]
+            return [self.template_prompts[label] for label in data.train_labels.tolist()]
         csv_path = Path(hp.prompts_csv).expanduser()
         if not csv_path.is_file():
             raise FileNotFoundError(f"prompts_csv {hp.prompts_csv!r} does not exist; give a CSV with a "
@@ -307,6 +335,21 @@ class DiffusionDataModule(ImageSourceDataModule):
                 f"add rows whose {hp.file_column!r} is the path relative to the train folder."
             )
         return [by_file[file] for file in files]
+
+
+def forget_epoch_mode(forget_batches: int, retain_batches: int) -> str:
+    """The ``CombinedLoader`` mode whose epoch is one pass over the forget loader, the retain loader beside it.
+
+    ``min_size`` when the retain loader is at least as long (it stops with the forget loader and starts afresh, with a
+    new shuffle, next epoch), ``max_size_cycle`` when it is shorter (it cycles). Lightning's distributed samplers
+    shorten both loaders alike, so the choice holds on every rank.
+
+    Example::
+
+        >>> forget_epoch_mode(3, 40), forget_epoch_mode(3, 2)
+        ('min_size', 'max_size_cycle')
+    """
+    return "min_size" if retain_batches >= forget_batches else "max_size_cycle"
 
 
 def train_image_files(path: Path) -> list[str]:

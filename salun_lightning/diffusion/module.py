@@ -24,7 +24,7 @@ Example::
     ...                   enable_progress_bar=False, enable_model_summary=False)
     >>> trainer.fit(model, data)  # -> <runs>/salun/unet
     >>> sorted(path.name for path in (runs / "salun").iterdir())
-    ['forget_indices.json', 'forget_set.json', 'run.json', 'scheduler', 'unet']
+    ['forget_indices.json', 'forget_set.json', 'mask.safetensors', 'run.json', 'scheduler', 'unet']
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.training_utils import EMAModel
 from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
@@ -45,11 +45,17 @@ from torch.nn import functional as F
 
 from salun_lightning.callbacks import WeightSaliencyCallback
 from salun_lightning.data.splits import resolve_class
+from salun_lightning.diffusion.baselines import (
+    CrossAttentionRecorder,
+    concept_token_positions,
+    frozen_copy,
+    select_trainable,
+)
 from salun_lightning.files import write_json
 from salun_lightning.labels import random_other_labels
-from salun_lightning.runs import begin_run, finish_run
+from salun_lightning.runs import begin_run, finish_run, mask_output_path
 
-Method = Literal["train", "retrain", "ga", "rl", "salun"]
+Method = Literal["train", "retrain", "ga", "rl", "salun", "esd_x", "esd_u", "fmn"]
 Pseudo = Literal["next", "random", "class", "prompt"]
 Component = Optional[Union[str, dict[str, Any]]]
 Conditions = Union[Tensor, list[str]]  # class labels, or prompts
@@ -66,16 +72,21 @@ class MethodSpec:
 
     stream: str  # the DiffusionDataModule training stream
     from_original: bool  # starts from trained denoiser weights (else fresh weights)
-    objective: Literal["denoise", "ascent", "forget_retain"]
+    objective: Literal["denoise", "ascent", "forget_retain", "esd", "fmn"]
     saliency: bool = False
+    text_only: bool = False  # erases a concept named by a prompt: text-to-image models only
 
 
 METHODS: dict[str, MethodSpec] = {
     "train": MethodSpec("full", from_original=False, objective="denoise"),
     "retrain": MethodSpec("retain", from_original=False, objective="denoise"),
-    "ga": MethodSpec("forget", from_original=True, objective="ascent"),
+    "ga": MethodSpec("forget_retain", from_original=True, objective="ascent"),
     "rl": MethodSpec("forget_retain", from_original=True, objective="forget_retain"),
     "salun": MethodSpec("forget_retain", from_original=True, objective="forget_retain", saliency=True),
+    # ESD and Forget-Me-Not: the forget stream only counts steps and epochs (ESD draws no images; FMN uses them)
+    "esd_x": MethodSpec("forget", from_original=True, objective="esd", text_only=True),
+    "esd_u": MethodSpec("forget", from_original=True, objective="esd", text_only=True),
+    "fmn": MethodSpec("forget", from_original=True, objective="fmn", text_only=True),
 }
 
 
@@ -189,12 +200,15 @@ class DiffusionUnlearningModule(LightningModule, ABC):
     """Train a conditional diffusion model, or make it forget a class (SPEC section 5); abstract.
 
     Methods: ``train`` (denoising on every image: the original model), ``retrain`` (from fresh weights on the
-    retained classes only), ``ga`` (gradient ascent on the denoising loss of the forgotten class), ``rl`` (``L_f +
-    alpha * L_r``: the forgotten condition's prediction pulled towards a pseudo condition's, which carries no
+    retained classes only), ``ga`` (``-L_d(D_f) + alpha * L_r``: gradient ascent on the denoising loss of the
+    forgotten class while keeping ``alpha`` times the retain denoising loss, as the reference DDPM code), ``rl``
+    (``L_f + alpha * L_r``: the forgotten condition's prediction pulled towards a pseudo condition's, which carries no
     gradient, plus the denoising loss on retained images) and ``salun`` (``rl`` under the
     :class:`~salun_lightning.callbacks.WeightSaliencyCallback` over the denoiser, added by
-    :meth:`configure_callbacks`). Batches are :class:`~salun_lightning.diffusion.DiffusionDataModule` dicts; ``rl``
-    and ``salun`` get ``{"forget": batch, "retain": batch}`` every step. What the model needs to know of the data
+    :meth:`configure_callbacks`); text-to-image models add the concept-erasure baselines ``esd_x``, ``esd_u`` and
+    ``fmn`` (:class:`TextToImageDiffusion`). Batches are :class:`~salun_lightning.diffusion.DiffusionDataModule`
+    dicts; ``ga``, ``rl`` and ``salun`` get ``{"forget": batch, "retain": batch}`` every step, an epoch being one pass
+    over the forget set. What the model needs to know of the data
     comes in as constructor arguments (``class_names``, ``forget_class``, ``image_shape``; the ``salun`` command line
     links them from the data module), and the data module serves the stream :attr:`train_stream` names.
 
@@ -229,7 +243,11 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         weight_decay: Adam weight decay.
         saliency_ratio: ``salun``: fraction of the denoiser's weights to train.
         mask_path: ``salun``: load the mask from this file instead of computing it.
-        save_mask_path: ``salun``: write the computed mask here.
+        save_mask_path: ``salun``: write the computed mask here (default: the run's ``mask.safetensors``).
+        saliency_guidance: ``w`` of the classifier-free guided prediction ``(1 + w) * eps(x_t, c) - w * eps(x_t,
+            null)`` in the saliency loss (``0``: one unguided pass). Default (``None``): the model's
+            :attr:`default_saliency_guidance`: 2.0 class-conditional (the reference DDPM code's mask), 7.5
+            text-to-image (SPEC).
         gradient_checkpointing: recompute the denoiser's activations in the backward pass (less memory).
         ema_decay: keep an exponential moving average of the denoiser's weights (diffusers ``EMAModel``, with its
             warm-up ``min(ema_decay, (1 + n) / (10 + n))``), updated after every optimizer step and copied into the
@@ -243,11 +261,11 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         FileNotFoundError: a component directory lacks a part.
     """
 
-    methods = METHODS  # method name -> MethodSpec (its training stream, objective, ...)
+    methods = METHODS  # method name -> MethodSpec (its training stream, objective, ...): those this model offers
     unet_class: type = UNet2DModel
     condition_key: str = "class"  # the batch entry holding each image's own condition
     default_guidance: float = 2.0  # sampling guidance w in (1 + w) * eps(c) - w * eps(null)
-    saliency_guidance: float = 0.0  # w of the saliency loss's prediction (SPEC 1, item 5)
+    default_saliency_guidance: float = 0.0  # w of the saliency loss's prediction (SPEC 1, item 5) when not given
 
     def __init__(
         self,
@@ -265,6 +283,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         saliency_ratio: float = 0.5,
         mask_path: Optional[str] = None,
         save_mask_path: Optional[str] = None,
+        saliency_guidance: Optional[float] = None,
         gradient_checkpointing: bool = False,
         ema_decay: Optional[float] = None,
         class_names: Optional[list[str]] = None,
@@ -273,7 +292,12 @@ class DiffusionUnlearningModule(LightningModule, ABC):
     ) -> None:
         super().__init__()
         if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(self.methods)}.")
+        if method not in self.methods:
+            raise ValueError(
+                f"method {method!r} erases a concept named by a text prompt: it needs a TextToImageDiffusion model; "
+                f"{type(self).__name__} offers {', '.join(self.methods)}."
+            )
         self.spec = METHODS[method]
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0 (the weight of L_r in L_f + alpha * L_r), got {alpha}; the paper "
@@ -290,6 +314,9 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             raise ValueError(f"ema_decay must be in (0, 1) or None (no average), got {ema_decay}; 0.999 is common.")
         if not 0 < saliency_ratio <= 1:
             raise ValueError(f"saliency_ratio must be in (0, 1], got {saliency_ratio}; the paper uses 0.5.")
+        if saliency_guidance is not None and saliency_guidance < 0:
+            raise ValueError(f"saliency_guidance must be >= 0 (0: unguided) or None (the model's default), got "
+                             f"{saliency_guidance}.")
         if (mask_path or save_mask_path) and not self.spec.saliency:
             raise ValueError(f"mask_path and save_mask_path belong to method 'salun', not {method!r}.")
         if self.spec.from_original and isinstance(unet, dict):
@@ -298,6 +325,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
                 "the directory a 'train' run wrote (<default_root_dir>/unet) or use pretrained."
             )
         self.save_hyperparameters()
+        self.saliency_guidance = self.default_saliency_guidance if saliency_guidance is None else saliency_guidance
         pretrained = resolve_pretrained(pretrained)
         self.pretrained_path = pretrained
         if scheduler is None and pretrained is not None:
@@ -471,29 +499,37 @@ class DiffusionUnlearningModule(LightningModule, ABC):
     # ------------------------------------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         objective, dropout = self.spec.objective, self.hparams.condition_dropout
-        if objective == "forget_retain":
+        if objective in ("forget_retain", "ascent"):
             size = len(batch["forget"]["image"])
-            forget, retain = self.forget_loss(batch["forget"]), self.denoising_loss(batch["retain"], dropout)
-            loss = forget + self.hparams.alpha * retain
+            if objective == "forget_retain":
+                forget = self.forget_loss(batch["forget"])
+            else:  # ga: the forget images' denoising loss (no condition dropout), ascended
+                forget = self.denoising_loss(batch["forget"])
+            retain = self.denoising_loss(batch["retain"], dropout)
+            loss = (forget if objective == "forget_retain" else -forget) + self.hparams.alpha * retain
             self.log_dict({"train/forget_loss": forget, "train/retain_loss": retain}, batch_size=size)
-        elif objective == "ascent":
-            size = len(batch["image"])
-            loss = -self.denoising_loss(batch)
-        else:
+        elif objective == "denoise":
             size = len(batch["image"])
             loss = self.denoising_loss(batch, dropout)
+        else:
+            size = len(batch["image"])
+            loss = self.concept_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
+
+    def concept_loss(self, batch: dict[str, Any]) -> Tensor:
+        """The loss of a concept-erasure method (objectives ``esd`` and ``fmn``): text-to-image models only."""
+        raise NotImplementedError(f"{type(self).__name__} has no concept-erasure methods (esd_x, esd_u, fmn).")
 
     def configure_callbacks(self) -> list[Callback]:
         if not self.spec.saliency:
             return []
-        hp = self.hparams
+        hp, run = self.hparams, self._trainer and self._trainer.default_root_dir
         return [
             WeightSaliencyCallback(
                 ratio=hp.saliency_ratio,
                 mask_path=hp.mask_path,
-                save_mask_path=hp.save_mask_path,
+                save_mask_path=mask_output_path(hp.save_mask_path, hp.mask_path, run),
                 parameters=[r"^unet\."],
                 batch_size_fn=count_images,
             )
@@ -538,9 +574,12 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         if self.trainer.is_global_zero and self.trainer.global_step > 0:  # e.g. `salun mask` takes no step
             root = Path(self.trainer.default_root_dir)
             self.save_components(root)
-            run = {"method": self.hparams.method, "forget_class": self.forget_class_index}
-            write_json(root / RUN_FILENAME, {**run, "fit_minutes": self.fit_minutes})
+            write_json(root / RUN_FILENAME, {**self.run_record(), "fit_minutes": self.fit_minutes})
             finish_run(root)
+
+    def run_record(self) -> dict[str, Any]:
+        """What ``run.json`` records of the run besides its minutes: the method and the forgotten class."""
+        return {"method": self.hparams.method, "forget_class": self.forget_class_index}
 
     def save_components(self, directory: Path) -> None:
         """Save the denoiser and the scheduler (and parts that exist nowhere else) as diffusers subfolders, so that
@@ -559,7 +598,9 @@ class ClassConditionalDiffusion(DiffusionUnlearningModule):
 
     The denoiser has ``num_class_embeds = num_classes + 1`` class embeddings, the last (index ``num_classes``) the
     null class; training drops conditions to it with probability ``condition_dropout`` (0.1), sampling guides with
-    ``w = 2.0``. Other arguments: :class:`DiffusionUnlearningModule`.
+    ``w = 2.0``, and so does the saliency loss by default (``saliency_guidance``; the reference DDPM code's mask).
+    Methods: ``train``, ``retrain``, ``ga``, ``rl``, ``salun`` (the concept-erasure baselines need prompts).
+    Other arguments: :class:`DiffusionUnlearningModule`.
 
     Args:
         num_classes: number of classes of the data (without the null class).
@@ -573,6 +614,9 @@ class ClassConditionalDiffusion(DiffusionUnlearningModule):
         >>> model.unet.config.num_class_embeds, model.image_shape
         (11, (1, 8, 8))
     """
+
+    methods = {name: spec for name, spec in METHODS.items() if not spec.text_only}
+    default_saliency_guidance = 2.0  # the reference DDPM code's saliency loss guides as its sampler does
 
     def __init__(self, num_classes: int = 10, unet: Component = None, pseudo: Pseudo = "next", **kwargs: Any) -> None:
         if num_classes < 2:
@@ -627,9 +671,34 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
     """Latent text-to-image diffusion (Stable Diffusion 1.x layout): VAE, CLIP text encoder, ``UNet2DConditionModel``.
 
     The VAE and the text encoder are frozen (no gradients, eval mode); only the denoiser trains. The empty prompt is
-    the unconditional one. The saliency loss uses the guided prediction with ``saliency_guidance`` (SPEC: 7.5);
-    sampling guides with ``w = 6.5`` (diffusers' ``guidance_scale`` 7.5).
+    the unconditional one. The saliency loss uses the guided prediction with ``saliency_guidance`` (default 7.5,
+    SPEC); sampling guides with ``w = 6.5`` (diffusers' ``guidance_scale`` 7.5).
     Other arguments: :class:`DiffusionUnlearningModule` (``pretrained`` a Stable Diffusion checkout).
+
+    Besides the methods of :class:`DiffusionUnlearningModule`, two concept-erasure baselines (SPEC section 5) that
+    erase the concept of ``concept_prompt`` (default: the forgotten class's prompt); their stream is ``forget``,
+    which only sets the length of an epoch for ESD (it draws no images) and gives Forget-Me-Not its images:
+
+    - ``esd_x`` and ``esd_u`` (ESD, Gandikota et al. 2023; paper: 1,000 steps, batch 1, Adam lr 1e-5). A frozen copy
+      ``eps*`` of the original denoiser (made once, at the first fit's setup, before a checkpoint is restored; never
+      trained, never saved, not in the ``state_dict``) samples ``esd_samples`` latents from Gaussian noise under the
+      concept prompt with DDIM (``esd_sampling_steps``, guidance ``esd_sampling_guidance``), stopping after a
+      uniformly drawn number of steps ``k`` in ``[0, esd_sampling_steps)``: ``x_t`` at the DDIM timestep ``t`` that
+      comes next. The target ``eps*(x_t, null) - esd_eta * (eps*(x_t, c) - eps*(x_t, null))`` carries no gradient;
+      the loss is ``mse(eps(x_t, c), target)``. ``esd_x`` trains only the cross-attention layers (the ``attn2``
+      modules of the transformer blocks), ``esd_u`` every other weight of the denoiser (the paper's "non-cross-
+      attention" weights; the reference code's two versions differ: its CompVis version also keeps the time
+      embedding and output layers, its diffusers version trains only linear and convolution layers, not the norms);
+      the weights not trained get ``requires_grad=False`` and stay out of the optimizer.
+    - ``fmn`` (Forget-Me-Not attention re-steering, Zhang et al. 2023; paper: 35 steps). Forget images are noised as
+      for training and denoised under the concept prompt while every cross-attention layer records its attention
+      probabilities at the token positions of ``concept``
+      (:class:`~salun_lightning.diffusion.baselines.CrossAttentionRecorder`, installed for the fit and removed at its
+      end). ``fmn_loss="mass"``: per layer, the probabilities summed over the concept's tokens and averaged over
+      images, heads and pixels (the share of attention the concept receives), averaged over the layers;
+      ``"norm"``: the reference code's L2 norm of all those probabilities together. ``fmn_parameters``:
+      ``all`` (default, the reference configuration ``only_optimize_ca: false``: the whole denoiser) or
+      ``cross_attention``.
 
     Args:
         vae: ``AutoencoderKL``: a config dict, a directory, or ``None`` for ``<pretrained>/vae``.
@@ -637,7 +706,18 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         tokenizer: a ``CLIPTokenizer`` directory (``vocab.json`` and ``merges.txt``, or ``tokenizer.json``), or
             ``None`` for ``<pretrained>/tokenizer``.
         anchor_prompt: the pseudo condition of ``pseudo="prompt"`` (e.g. "a photo of a person wearing clothes").
-        saliency_guidance: ``w`` of the saliency loss's guided prediction.
+        class_prompts: the prompt of every class (the data's ``class_prompts``).
+        concept_prompt: ``esd_x``, ``esd_u``, ``fmn``: the prompt naming the concept to erase (e.g. "nudity", "a photo
+            of a nude person"); default: the forgotten class's prompt.
+        concept: ``fmn``: the words of ``concept_prompt`` whose attention is lowered (e.g. "nude"); default: the
+            forgotten class's name.
+        esd_sampling_steps: ESD's DDIM steps from noise (ESD: 50).
+        esd_sampling_guidance: ``w`` of ESD's sampling, ``(1 + w) * eps*(c) - w * eps*(null)``; 2.0 is ESD's
+            guidance scale 3 (``scale = 1 + w``).
+        esd_eta: ESD's negative guidance ``eta`` (paper: 1.0).
+        esd_samples: latents ESD samples per step (ESD: 1).
+        fmn_parameters: which denoiser weights ``fmn`` trains: ``all`` or ``cross_attention``.
+        fmn_loss: ``mass`` or ``norm`` (see above).
 
     Example::
 
@@ -665,6 +745,7 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
     unet_class = UNet2DConditionModel
     condition_key = "prompt"
     default_guidance = 6.5  # diffusers' guidance_scale 7.5
+    default_saliency_guidance = 7.5  # SPEC: the mask from the concept prompt's guided loss
 
     def __init__(
         self,
@@ -672,15 +753,42 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         text_encoder: Component = None,
         tokenizer: Optional[str] = None,
         anchor_prompt: str = "",
-        saliency_guidance: float = 7.5,
         class_prompts: Optional[list[str]] = None,
+        concept_prompt: Optional[str] = None,
+        concept: Optional[str] = None,
+        esd_sampling_steps: int = 50,
+        esd_sampling_guidance: float = 2.0,
+        esd_eta: float = 1.0,
+        esd_samples: int = 1,
+        fmn_parameters: Literal["all", "cross_attention"] = "all",
+        fmn_loss: Literal["mass", "norm"] = "mass",
         **kwargs: Any,
     ) -> None:
         from transformers import CLIPTextModel, CLIPTokenizer
 
+        method = kwargs.get("method", "salun")
+        if method in METHODS:
+            objective = METHODS[method].objective
+            if (concept_prompt is not None) and objective not in ("esd", "fmn"):
+                raise ValueError(f"concept_prompt belongs to methods esd_x, esd_u and fmn, not {method!r}; the other "
+                                 "methods take their prompts from the data (and anchor_prompt).")
+            if concept is not None and objective != "fmn":
+                raise ValueError(f"concept (the words whose attention Forget-Me-Not lowers) belongs to method fmn, not "
+                                 f"{method!r}.")
+        if concept is not None and not concept.strip():
+            raise ValueError("concept is empty: give the words of concept_prompt to forget, e.g. 'nude'.")
+        if esd_sampling_steps < 1 or esd_samples < 1 or esd_eta < 0 or esd_sampling_guidance < 0:
+            raise ValueError(
+                f"esd_sampling_steps ({esd_sampling_steps}) and esd_samples ({esd_samples}) must be positive and "
+                f"esd_eta ({esd_eta}) and esd_sampling_guidance ({esd_sampling_guidance}) non-negative; ESD uses 50, "
+                "1, 1.0 and 2.0."
+            )
+        if fmn_parameters not in ("all", "cross_attention"):
+            raise ValueError(f"fmn_parameters must be 'all' or 'cross_attention', got {fmn_parameters!r}.")
+        if fmn_loss not in ("mass", "norm"):
+            raise ValueError(f"fmn_loss must be 'mass' or 'norm', got {fmn_loss!r}.")
         super().__init__(**kwargs)
         pretrained = self.pretrained_path
-        self.saliency_guidance = saliency_guidance
         self.vae = load_component(AutoencoderKL, "vae", vae, pretrained)
         self.text_encoder = load_component(CLIPTextModel, "text_encoder", text_encoder, pretrained)
         if tokenizer is None and pretrained is None:
@@ -703,6 +811,49 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         if self.hparams.pseudo != "prompt" and self.spec.objective == "forget_retain" and not self.class_prompts:
             raise ValueError(f"pseudo={self.hparams.pseudo!r} conditions on other classes' prompts: give class_prompts "
                              "(the data's), or use pseudo='prompt' with an anchor_prompt.")
+        self.concept_prompt: Optional[str] = None
+        self.concept_positions: Optional[list[int]] = None
+        self._attention: Optional[CrossAttentionRecorder] = None
+        self._esd_original: list[nn.Module] = []  # the frozen copy, in a list: not a submodule, not in the state_dict
+        if self.spec.text_only:
+            self._setup_concept_erasure()
+
+    def _setup_concept_erasure(self) -> None:
+        """Resolve the concept prompt (and FMN's concept tokens) and choose the trained weights (end of ``__init__``).
+
+        Raises:
+            ValueError: no concept prompt, a concept not in it, an anchor equal to it, or ESD sampling steps beyond
+                the noise schedule.
+        """
+        hp = self.hparams
+        prompt = hp.concept_prompt
+        if prompt is None:
+            if self.forget_class_index is None or not self.class_prompts:
+                raise ValueError(f"method {hp.method!r} erases the concept of concept_prompt: set concept_prompt (e.g. "
+                                 "'a photo of a nude person'), or class_prompts and forget_class (the data's).")
+            prompt = self.class_prompts[self.forget_class_index]
+        if not prompt.strip():
+            raise ValueError("concept_prompt is empty, the unconditional prompt: name the concept to erase.")
+        if hp.anchor_prompt.strip() == prompt.strip():
+            raise ValueError(f"anchor_prompt {hp.anchor_prompt!r} is the concept prompt {prompt!r} itself; choose an "
+                             "anchor that does not show the concept.")
+        self.concept_prompt = prompt
+        if self.spec.objective == "esd":
+            steps, total = hp.esd_sampling_steps, self.noise_scheduler.config.num_train_timesteps
+            if steps > total:
+                raise ValueError(f"esd_sampling_steps {steps} exceeds the noise schedule's {total} timesteps; use at "
+                                 "most that (ESD: 50).")
+            select_trainable(self.unet, "cross_attention" if hp.method == "esd_x" else "not_cross_attention")
+            return
+        concept = hp.concept
+        if concept is None:
+            concept = self.class_names[self.forget_class_index].replace("_", " ") if (
+                self.class_names is not None and self.forget_class_index is not None) else None
+            if concept is None:
+                raise ValueError("method 'fmn' needs concept: the words of concept_prompt to forget, e.g. 'nude'.")
+        self.concept_positions = concept_token_positions(self.tokenizer, prompt, concept, self._prompt_length)
+        select_trainable(self.unet, hp.fmn_parameters)
+        self._attention = CrossAttentionRecorder(self.unet)
 
     def _check_parts(self) -> None:
         unet, vae, text = self.unet.config, self.vae.config, self.text_encoder.config
@@ -728,6 +879,111 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
     def frozen_modules(self) -> list[nn.Module]:
         return [self.vae, self.text_encoder]
 
+    # ------------------------------------------------------------------------------------------------ concept erasure
+    @property
+    def original_denoiser(self) -> Optional[nn.Module]:
+        """ESD's frozen copy ``eps*`` of the original denoiser (``None`` before the first fit's setup, or without
+        ESD)."""
+        return self._esd_original[0] if self._esd_original else None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.spec.objective == "esd" and not self._esd_original:
+            # before Lightning restores a checkpoint into the denoiser: the copy holds the original weights
+            self._esd_original.append(frozen_copy(self.unet))
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self._esd_original:
+            self._esd_original[0].to(self.device)
+        if self._attention is not None:
+            self._attention.install()  # for the fit: a checkpointed backward recomputes with the same processors
+
+    def on_fit_end(self) -> None:
+        if self._attention is not None:
+            self._attention.restore()
+        super().on_fit_end()
+
+    def on_exception(self, exception: BaseException) -> None:
+        if self._attention is not None:
+            self._attention.restore()
+
+    def run_record(self) -> dict[str, Any]:
+        record = super().run_record()
+        if self.concept_prompt is not None:
+            record["concept_prompt"] = self.concept_prompt
+        if self.spec.objective == "fmn":
+            record["concept_positions"] = self.concept_positions
+        return record
+
+    def concept_loss(self, batch: dict[str, Any]) -> Tensor:
+        return self.esd_loss(self.hparams.esd_samples) if self.spec.objective == "esd" else self.fmn_loss(batch)
+
+    def _original(self) -> nn.Module:
+        """The frozen copy on the denoiser's device and dtype (made now if no fit has made it)."""
+        if not self._esd_original:
+            self._esd_original.append(frozen_copy(self.unet))
+        original = self._esd_original[0]
+        reference = next(self.unet.parameters())
+        first = next(original.parameters())
+        if (first.device, first.dtype) != (reference.device, reference.dtype):
+            original.to(device=reference.device, dtype=reference.dtype)
+        return original
+
+    @torch.no_grad()
+    def esd_sample(self, count: int) -> tuple[Tensor, Tensor]:
+        """ESD's ``(x_t, t)``: ``count`` latents sampled by the frozen copy with guided DDIM from Gaussian noise under
+        the concept prompt, stopped after ``k`` steps, ``k`` drawn uniformly from ``[0, esd_sampling_steps)`` (then
+        the noise, from the global generator); ``t`` is the DDIM timestep that would come next."""
+        hp, original = self.hparams, self._original()
+        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        scheduler.set_timesteps(hp.esd_sampling_steps)
+        stop = int(torch.randint(0, hp.esd_sampling_steps, ()))
+        x = torch.randn((count, *self.latent_shape), device=self.device) * scheduler.init_noise_sigma
+        concept = self.encode_condition([self.concept_prompt] * count)
+        both = torch.cat([concept, self.encode_condition(self.null_condition(count))])
+        w = hp.esd_sampling_guidance
+        for t in scheduler.timesteps[:stop]:
+            timesteps = torch.full((2 * count,), int(t), dtype=torch.long, device=x.device)
+            model_input = scheduler.scale_model_input(torch.cat([x, x]), t)
+            conditional, unconditional = original(model_input, timesteps, encoder_hidden_states=both).sample.chunk(2)
+            prediction = (1 + w) * conditional - w * unconditional
+            x = scheduler.step(prediction.float(), t, x, eta=0.0).prev_sample.to(x.dtype)
+        t = int(scheduler.timesteps[stop])
+        return x, torch.full((count,), t, dtype=torch.long, device=x.device)
+
+    @torch.no_grad()
+    def esd_target(self, x_t: Tensor, timesteps: Tensor) -> Tensor:
+        """ESD's target ``eps*(x_t, null) - esd_eta * (eps*(x_t, c) - eps*(x_t, null))`` from the frozen copy; it
+        carries no gradient."""
+        count = len(x_t)
+        both = torch.cat([self.encode_condition([self.concept_prompt] * count),
+                          self.encode_condition(self.null_condition(count))])
+        predictions = self._original()(torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]),
+                                       encoder_hidden_states=both).sample
+        conditional, unconditional = predictions.float().chunk(2)
+        return unconditional - self.hparams.esd_eta * (conditional - unconditional)
+
+    def esd_loss(self, count: int = 1) -> Tensor:
+        """ESD's loss ``mse(eps(x_t, c), target)`` on ``count`` latents of :meth:`esd_sample` (see the class
+        docstring)."""
+        x_t, timesteps = self.esd_sample(count)
+        target = self.esd_target(x_t, timesteps)
+        prediction = self.denoise(x_t, timesteps, self.encode_condition([self.concept_prompt] * count))
+        return F.mse_loss(prediction.float(), target)
+
+    def fmn_loss(self, batch: dict[str, Any]) -> Tensor:
+        """Forget-Me-Not's loss on a forget batch: the cross-attention on the concept's tokens when the forget images,
+        noised as for training, are denoised under the concept prompt (``fmn_loss``, see the class docstring)."""
+        x_t, timesteps, _ = self._noised(batch["image"])
+        condition = self.encode_condition([self.concept_prompt] * len(x_t))
+        with self._attention.capture(self.concept_positions):
+            prediction = self.denoise(x_t, timesteps, condition)
+        loss = self._attention.attention_mass() if self.hparams.fmn_loss == "mass" else self._attention.attention_norm()
+        # every trained weight takes part in the graph (a zero gradient for those after the last cross-attention),
+        # so that DDP finds no unused parameter
+        return loss + 0.0 * prediction.float().mean()
+
     def save_components(self, directory: Path) -> None:
         """Also save the tokenizer, and the VAE and text encoder unless they come from ``pretrained``: the directory
         then holds a whole pipeline."""
@@ -751,10 +1007,15 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         config = self.vae.config
         return self.vae.decode(x0 / config.scaling_factor + (config.shift_factor or 0.0)).sample
 
+    @property
+    def _prompt_length(self) -> int:
+        """The number of tokens the text encoder sees (prompts padded or truncated to it)."""
+        return min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
+
     def encode_condition(self, conditions: list[str]) -> Tensor:
-        length = min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
         ids = self.tokenizer(
-            list(conditions), padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+            list(conditions), padding="max_length", max_length=self._prompt_length, truncation=True,
+            return_tensors="pt"
         ).input_ids
         with torch.no_grad():
             return self.text_encoder(ids.to(self.device))[0]
