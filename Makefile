@@ -10,11 +10,12 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+# The recipe is part of what is installed: a change to setup.cfg, pyproject.toml or this file installs again.
+$(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,nudity]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -1,11 +1,15 @@
-"""The ``salun`` command: LightningCLI for every experiment, plus ``mask``, ``report`` and ``sample``.
+"""The ``salun`` command: LightningCLI for every experiment, plus ``mask``, ``report``, ``sample``, ``generate`` and
+``nudity``.
 
 All commands live here. ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's: the data module's class
 count, image shape, class names and forgotten class are linked into the model's constructor, and the model's
 method chooses the data module's training stream, so a run's saved ``config.yaml`` shows all of it. ``fit`` tests
 the model it produced afterwards; ``test`` tests a saved model (``<run>/model.safetensors`` by default, or
 ``--ckpt_path``: a ``model.safetensors`` or a Lightning checkpoint) and writes ``metrics.json`` into that model's
-run directory. A user error prints one short message; ``--debug`` (or ``SALUN_DEBUG=1``) shows the traceback.
+run directory. ``generate`` makes image sets with a text-to-image model itself (concept erasure's forget and
+retain sets, I2P evaluation images); ``nudity`` counts NudeNet's exposed-part detections in a folder of them (the
+``nudity`` extra). A user error prints one short message; ``--debug`` (or ``SALUN_DEBUG=1``) shows
+the traceback.
 
 Example (shell; ``tests/test_readme.py`` runs these lines as written, at tiny size)::
 
@@ -50,7 +54,8 @@ DATA_TO_MODEL: tuple[tuple[str, str, Optional[Callable[[Any], Any]]], ...] = (
     ("class_prompts", "class_prompts", None),
     ("forget_class_index", "forget_class", None),
 )
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, MisconfigurationException)
+# ModuleNotFoundError: an optional extra that is not installed (the message names it)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ModuleNotFoundError, MisconfigurationException)
 # Printed by Lightning on every command, about nothing the user did: deprecations inside Lightning, the empty
 # validation list that means "no validation" (val_size 0), and an advertisement.
 NOISE_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"Total length of `\w+` across ranks is zero")
@@ -63,6 +68,8 @@ COMMANDS = {
     "mask": "compute the weight saliency mask of a config's model and forget set, without training",
     "report": "compare runs against retraining (markdown table and chart)",
     "sample": "generate images with a diffusion run's denoiser",
+    "generate": "make image sets (forget/retain, I2P prompts) with a text-to-image model, as an image folder",
+    "nudity": "count NudeNet detections of exposed body parts in a folder of generated images (nudity extra)",
 }
 
 
@@ -316,6 +323,106 @@ def sample_main(argv: Sequence[str]) -> None:
     print(f"wrote {len(images)} images to {out} (grid.png, {SAMPLES_FILENAME})")
 
 
+def generate_main(argv: Sequence[str]) -> None:
+    """``salun generate``: make the images of classes (``--set``) or of a prompt list (``--prompts-csv``) with a
+    text-to-image model, as an image folder with ``prompts.csv`` (see :mod:`salun_lightning.diffusion.generate`)."""
+    parser = argparse.ArgumentParser(
+        prog="salun generate",
+        description="Make image sets with a text-to-image model itself: <out>/train/<class>/<NNNNN>.png, "
+        "<out>/prompts.csv (file, prompt, seed, guidance) and <out>/generation.json, an image folder that "
+        "DiffusionDataModule reads (dataset: image_folder, data_path: <out>, prompts_csv: <out>/prompts.csv, "
+        "forget_class: <class>). Each image's noise comes from its own seed (the CSV's), so the images do not depend "
+        "on the batch size; a rerun of the same command makes only the images missing (an interrupted run leaves "
+        "an INCOMPLETE file and no prompts.csv). Example, the paper's nudity sets: salun generate --pretrained "
+        "/models/stable-diffusion-v1-4 --out data/nudity --set forget 'a photo of a nude person' 800 --set retain "
+        "'a photo of a person wearing clothes' 800",
+    )
+    parser.add_argument("--pretrained", required=True, metavar="DIR_OR_HUB_ID",
+                        help="the text-to-image model: a diffusers pipeline directory (unet/ vae/ text_encoder/ "
+                        "tokenizer/ scheduler/: a Stable Diffusion checkout, or a TextToImageDiffusion train run) or a "
+                        "Hugging Face Hub id (needs the network)")
+    parser.add_argument("--unet", default=None, metavar="DIR",
+                        help="denoiser to use instead of <pretrained>/unet, e.g. an unlearning run's <run>/unet")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: new, empty, or an earlier generation to complete")
+    what = parser.add_argument_group("what to make: --set (repeated) or --prompts-csv")
+    what.add_argument("--set", dest="sets", nargs=3, action="append", metavar=("CLASS", "PROMPT", "COUNT"),
+                      help="COUNT images of PROMPT into train/CLASS/ (CLASS: a folder name, e.g. forget); repeat per "
+                      "class, or per prompt of a class of several prompts (its images are numbered on)")
+    what.add_argument("--test-count", type=int, default=None, metavar="K",
+                      help="with --set: images per --set also made into test/CLASS/ with their own seeds (default 1: "
+                      "image folders need a test/ split to be read; listed in test_prompts.csv)")
+    what.add_argument("--prompts-csv", default=None, metavar="FILE",
+                      help="a prompt list, one image per row with that row's seed and guidance (I2P's columns by "
+                      "default), into train/<--class-name>/")
+    what.add_argument("--class-name", default=None, metavar="NAME",
+                      help="with --prompts-csv: the class folder (default prompts)")
+    what.add_argument("--prompt-column", default=None, metavar="NAME",
+                      help="with --prompts-csv: the prompt column (default prompt)")
+    what.add_argument("--seed-column", default=None, metavar="NAME",
+                      help="with --prompts-csv: the seed column (default evaluation_seed; '' for seeds from --seed)")
+    what.add_argument("--guidance-column", default=None, metavar="NAME",
+                      help="with --prompts-csv: the guidance-scale column (default evaluation_guidance; '' for "
+                      "--guidance on every row)")
+    what.add_argument("--per-prompt", type=int, default=None, metavar="K",
+                      help="with --prompts-csv: images per row (default 1), seeds <row's seed> + 0, 1, ...")
+    how = parser.add_argument_group("how")
+    how.add_argument("--seed", type=int, default=0,
+                     help="the seed every image's seed derives from (default 0); prompt lists use their seed column")
+    how.add_argument("--guidance", type=float, default=7.5, metavar="G",
+                     help="diffusers' guidance_scale g (default 7.5, Stable Diffusion's): eps(null) + g (eps(c) - "
+                     "eps(null)); 1 is no guidance. Note: salun sample's --guidance is w = g - 1")
+    how.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    how.add_argument("--image-size", type=int, default=None, metavar="N",
+                     help="image side (default: the model's, 512 for Stable Diffusion 1.x)")
+    how.add_argument("--batch-size", type=int, default=8, metavar="N",
+                     help="images denoised together (default 8; does not change the images)")
+    how.add_argument("--precision", choices=["32", "bf16", "16"], default="32",
+                     help="32 (default), or bf16/16 autocast: faster on GPUs, images differ slightly")
+    how.add_argument("--device", default="auto", help="torch device, e.g. cpu or cuda:0 (default: auto)")
+    how.add_argument("--overwrite", action="store_true",
+                     help="replace a generation of other settings in --out (default: refuse, naming what differs)")
+    args = parser.parse_args(argv)
+
+    from salun_lightning.diffusion.generate import I2P_COLUMNS, PROMPTS_FILENAME, generate, plan_prompts_csv, plan_sets
+
+    csv_options = {"--class-name": args.class_name, "--prompt-column": args.prompt_column,
+                   "--seed-column": args.seed_column, "--guidance-column": args.guidance_column,
+                   "--per-prompt": args.per_prompt}
+    if (args.sets is None) == (args.prompts_csv is None):
+        raise ValueError("say what to make: --set CLASS PROMPT COUNT (repeated) or --prompts-csv FILE, not "
+                         f"{'both' if args.sets else 'neither'}.")
+    if args.sets is not None:
+        given = [option for option, value in csv_options.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} belong{'s' if len(given) == 1 else ''} to --prompts-csv, not --set.")
+        plan = plan_sets(args.sets, seed=args.seed, guidance=args.guidance,
+                         test_count=1 if args.test_count is None else args.test_count)
+    else:
+        if args.test_count is not None:
+            raise ValueError("--test-count belongs to --set; a prompt list makes its rows' images only.")
+
+        def column(value: Optional[str], default: str) -> Optional[str]:
+            return default if value is None else (value or None)
+
+        plan = plan_prompts_csv(
+            args.prompts_csv,
+            class_name=args.class_name or "prompts",
+            prompt_column=args.prompt_column or I2P_COLUMNS["prompt"],
+            seed_column=column(args.seed_column, I2P_COLUMNS["seed"]),
+            guidance_column=column(args.guidance_column, I2P_COLUMNS["guidance"]),
+            per_prompt=1 if args.per_prompt is None else args.per_prompt,
+            seed=args.seed,
+            guidance=args.guidance,
+        )
+    result = generate(args.pretrained, args.out, plan, unet=args.unet, steps=args.steps, image_size=args.image_size,
+                      batch_size=args.batch_size, precision=args.precision, device=args.device,
+                      overwrite=args.overwrite)
+    classes = ", ".join(f"train/{name} {count}" for name, count in result.record["counts"]["train"].items())
+    print(f"made {result.made} images ({result.reused} already there) in {result.out}: {classes}; the data module "
+          f"reads it as dataset: image_folder, data_path: {result.out}, prompts_csv: {result.out / PROMPTS_FILENAME}")
+
+
 def print_overview() -> None:
     """``salun``, ``salun -h``: every command in one list."""
     width = max(map(len, COMMANDS))
@@ -353,6 +460,12 @@ def run(args: Sequence[str]) -> None:
         mask_main(rest)
     elif command == "sample":
         sample_main(rest)
+    elif command == "generate":
+        generate_main(rest)
+    elif command == "nudity":
+        from salun_lightning.metrics.nudity import nudity_main  # the optional nudity extra, imported only here
+
+        nudity_main(rest)
     else:
         SalunCLI(args=argv)
 

@@ -1,7 +1,10 @@
 """Diffusion-unlearning evaluation: UA and retained accuracy by hand, the Judge against a manual forward pass,
-FID with judge features against a hand-computed Frechet distance, the metrics file and every error."""
+FID with judge features against a hand-computed Frechet distance (and with Inception weights from a local file where
+torch-fidelity is installed), CLIP score from a local tiny CLIP against its own embeddings, the metrics file and
+every error."""
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import salun_lightning.metrics.generation as generation
 from salun_lightning.diffusion.evaluation import Judge, JudgeFeatures, evaluate_generations, write_metrics
 from salun_lightning.metrics.generation import (
     INCEPTION_FEATURES,
+    clip_score,
     fid_score,
     find_inception_weights,
     retained_accuracy,
@@ -22,6 +26,7 @@ from salun_lightning.metrics.generation import (
 from salun_lightning.models import build_classifier, save_weights
 
 MEAN, STD, SIZE, CLASSES = [0.5], [0.25], (8, 8), 3
+TOKENIZER = Path(__file__).resolve().parents[1] / "configs" / "diffusion" / "tiny_clip_tokenizer"
 
 
 def fixed_classifier() -> torch.nn.Module:
@@ -252,6 +257,140 @@ def test_fid_errors(judge, monkeypatch):
         fid_score(real, real, JudgeFeatures(judge), features="clip")
     with pytest.raises(ValueError, match="batch_size must be positive"):
         fid_score(real, real, JudgeFeatures(judge), batch_size=0)
+
+
+def test_fid_with_inception_weights_from_a_local_file(monkeypatch, tmp_path):
+    """The documented path: torch-fidelity installed, the weights file given (or in the hub cache); no download."""
+    pytest.importorskip("torch_fidelity")
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the Inception weights were downloaded")
+
+    real_load = inception.FeatureExtractorInceptionV3.load_state_dict
+    monkeypatch.setattr(inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
+    monkeypatch.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *args, **kwargs: None)
+    torch.manual_seed(0)
+    net = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])  # random weights, none fetched
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # features that vary between images
+            module.running_var.fill_(0.05)
+            module.running_mean.uniform_(-0.1, 0.1)
+    monkeypatch.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", real_load)
+    monkeypatch.setattr(inception, "load_state_dict_from_url", no_download)
+    weights = tmp_path / generation.INCEPTION_WEIGHTS_FILENAME
+    torch.save(net.state_dict(), weights)
+
+    real = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    fake = (torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 0.5).clamp(-1, 1)
+    fid, name = fid_score(real, fake, features="inception", inception_weights=weights)
+    extractor = NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+    with torch.no_grad():
+        a, b = (extractor(generation._uint8_rgb(x)).double().numpy() for x in (real, fake))
+    assert name == INCEPTION_FEATURES
+    assert fid == pytest.approx(frechet_distance(a, b), rel=1e-3)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / weights.name).write_bytes(weights.read_bytes())
+    assert fid_score(real, fake) == (fid, INCEPTION_FEATURES)  # auto: found in the hub cache
+
+
+# --- CLIP score ---
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A randomly initialised CLIP (32x32 images, the byte-level tiny tokenizer) saved with its processor. The final
+    norms' bias and non-negative projections give every embedding a common positive part, so the cosines are
+    positive yet differ from pair to pair."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    text = {"vocab_size": 514, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 32, "bos_token_id": 512, "eos_token_id": 513,
+            "pad_token_id": 513}
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8}
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).eval()
+    with torch.no_grad():
+        for norm in (model.text_model.final_layer_norm, model.vision_model.post_layernorm):
+            norm.bias.fill_(0.5)
+        for projection in (model.text_projection, model.visual_projection):
+            projection.weight.abs_()
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    path = tmp_path_factory.mktemp("clip")
+    model.save_pretrained(path)
+    CLIPProcessor(image_processor=images, tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER)).save_pretrained(path)
+    return path
+
+
+CLIP_PROMPTS = ["a cat", "a dog on a beach", "x", "a very long prompt that the tiny tokenizer must cut at 32", "oil"]
+
+
+def clip_embeddings(path: Path, images: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor):
+    """Image and text embeddings by hand: pixels rescaled and normalised with CLIP's mean and std, the towers'
+    pooled outputs through their projections."""
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(path).eval()
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
+    with torch.no_grad():
+        pooled_images = model.vision_model(pixel_values=(images.float() / 255 - mean) / std).pooler_output
+        pooled_text = model.text_model(input_ids=input_ids, attention_mask=mask).pooler_output
+        return model.visual_projection(pooled_images), model.text_projection(pooled_text)
+
+
+def test_clip_score_matches_a_hand_computation_from_the_models_embeddings(tiny_clip, monkeypatch):
+    from transformers import CLIPTokenizer
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("CLIP score tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    tokens = CLIPTokenizer.from_pretrained(TOKENIZER)(CLIP_PROMPTS, padding=True, truncation=True, max_length=32,
+                                                      return_tensors="pt")
+    image_embeddings, text_embeddings = clip_embeddings(tiny_clip, images, tokens["input_ids"],
+                                                        tokens["attention_mask"])
+    cosines = F.cosine_similarity(image_embeddings, text_embeddings)
+    assert bool((cosines > 0).all()) and float(cosines.max() - cosines.min()) > 0.02
+    expected = (100 * cosines.clamp(min=0)).mean().item()  # Hessel et al.; = max(100 * mean cos, 0) here
+    assert clip_score(images, CLIP_PROMPTS, tiny_clip) == pytest.approx(expected, rel=1e-5)
+    assert clip_score(images, CLIP_PROMPTS, tiny_clip, batch_size=2) == pytest.approx(expected, rel=1e-5)
+    as_float = images.float() / 127.5 - 1  # the package's [-1, 1] range
+    assert clip_score(as_float, CLIP_PROMPTS, str(tiny_clip)) == pytest.approx(expected, rel=1e-5)
+
+    # the long prompt keeps its end-of-text token: cutting the ids instead (torchmetrics' own way) pools another token
+    assert tokens["input_ids"][3, -1] == 513
+    full = CLIPTokenizer.from_pretrained(TOKENIZER)([CLIP_PROMPTS[3]], return_tensors="pt")
+    assert full["input_ids"].shape[1] > 32
+    _, cut = clip_embeddings(tiny_clip, images[3:4], full["input_ids"][:, :32], full["attention_mask"][:, :32])
+    assert not torch.allclose(F.normalize(cut, dim=1), F.normalize(text_embeddings[3:4], dim=1), atol=1e-3)
+
+
+def test_clip_score_errors(tiny_clip, tmp_path):
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="needs a local CLIP model directory .*nothing is downloaded"):
+        clip_score(images, ["a", "b"], None)
+    with pytest.raises(FileNotFoundError, match="CLIP model directory .* does not exist"):
+        clip_score(images, ["a", "b"], tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="holds no config.json"):
+        clip_score(images, ["a", "b"], tmp_path)
+    (tmp_path / "config.json").write_text((tiny_clip / "config.json").read_text())
+    with pytest.raises(ValueError, match="does not hold a loadable CLIP model and processor"):
+        clip_score(images, ["a", "b"], tmp_path)  # no weights
+    with pytest.raises(ValueError, match="prompts must be a list of 2 strings, one per image, got 3 entries"):
+        clip_score(images, ["a", "b", "c"], tiny_clip)
+    with pytest.raises(ValueError, match="got a string"):
+        clip_score(images, "ab", tiny_clip)
+    with pytest.raises(ValueError, match=r"non-empty \(N, C, H, W\) batch with C = 1 or 3"):
+        clip_score(images[0], ["a"], tiny_clip)
+    with pytest.raises(ValueError, match="uint8 in"):
+        clip_score(images.int(), ["a", "b"], tiny_clip)
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        clip_score(images, ["a", "b"], tiny_clip, batch_size=0)
 
 
 # --- evaluate_generations / write_metrics ---

@@ -44,11 +44,13 @@ def sample_images(
     steps: int = 50,
     guidance: Optional[float] = None,
     batch_size: int = 64,
+    noise: Optional[Tensor] = None,
 ) -> Tensor:
     """Generate one image per raw condition with deterministic DDIM (``eta = 0``) and classifier-free guidance.
 
-    The initial noise of all images is drawn at once from a CPU ``torch.Generator`` seeded with ``seed``, so the
-    result depends only on the seed, the conditions and the model (not on ``batch_size`` or the device's generator).
+    The initial noise of all images is drawn at once from a CPU ``torch.Generator`` seeded with ``seed`` (or given
+    as ``noise``, e.g. one seed per image from :func:`seeded_noise`), so the result depends only on the noise, the
+    conditions and the model (not on ``batch_size`` or the device's generator).
 
     Args:
         module: the diffusion model (any device; put in eval mode for the call).
@@ -58,6 +60,11 @@ def sample_images(
         guidance: ``w`` in ``(1 + w) * eps(c) - w * eps(null)`` (diffusers' ``guidance_scale`` is ``1 + w``);
             default ``module.default_guidance`` (2.0 class-conditional, 6.5 text).
         batch_size: images denoised together.
+        noise: the initial noise ``[M, C, h, w]`` in the denoiser's space, instead of drawing it from ``seed``; its
+            side ``h = w`` may differ from the model's own (a latent model then makes images of another size).
+
+    Raises:
+        ValueError: ``noise`` does not hold one ``(C, h, w)`` tensor per condition with the denoiser's channels.
 
     Returns:
         float32 images ``[M, C, H, W]`` in ``[0, 1]`` on the CPU.
@@ -77,10 +84,15 @@ def sample_images(
         True
     """
     guidance = module.default_guidance if guidance is None else guidance
+    if noise is None:
+        noise = torch.randn((len(conditions), *module.latent_shape), generator=torch.Generator().manual_seed(seed))
+    elif noise.dim() != 4 or len(noise) != len(conditions) or noise.shape[1] != module.latent_shape[0]:
+        raise ValueError(
+            f"noise of shape {tuple(noise.shape)} does not fit {len(conditions)} conditions: give "
+            f"[{len(conditions)}, {module.latent_shape[0]}, h, w] (the denoiser's channels)."
+        )
     scheduler = DDIMScheduler.from_config(module.noise_scheduler.config)
     scheduler.set_timesteps(steps)
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((len(conditions), *module.latent_shape), generator=generator)
     was_training = module.training
     module.eval()
     images = []
@@ -96,6 +108,28 @@ def sample_images(
     finally:
         module.train(was_training)
     return torch.cat(images)
+
+
+def seeded_noise(seeds: Sequence[int], shape: Sequence[int]) -> Tensor:
+    """One initial noise tensor per seed: ``torch.randn(shape)`` from a CPU generator seeded with that seed.
+
+    Each image's noise depends on its own seed only (not on the others in the batch), and equals what diffusers'
+    pipelines draw for one image with ``generator=torch.Generator().manual_seed(seed)``.
+
+    Raises:
+        ValueError: a seed outside ``[0, 2**64)``, which ``torch.Generator.manual_seed`` cannot take.
+
+    Example::
+
+        >>> noise = seeded_noise([7, 8], (4, 2, 2))
+        >>> noise.shape, torch.equal(noise[1], seeded_noise([8], (4, 2, 2))[0])
+        (torch.Size([2, 4, 2, 2]), True)
+    """
+    bad = [seed for seed in seeds if not 0 <= seed < 2**64]
+    if bad:
+        raise ValueError(f"seed {bad[0]} is outside [0, 2**64); use a non-negative seed below 2**64.")
+    draws = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+    return torch.stack(draws) if draws else torch.empty((0, *shape))
 
 
 def _slug(text: str) -> str:

@@ -1,6 +1,20 @@
-"""Classifier unlearning metrics: UA, RA, TA (``accuracy_percent``), MIA-Efficacy and Avg. Gap (SPEC section 4)."""
+"""Unlearning metrics: classifier UA, RA, TA (``accuracy_percent``), MIA-Efficacy and Avg. Gap (SPEC section 4);
+nudity counts of generated images (:mod:`~salun_lightning.metrics.nudity`, NudeNet, imported only when a detection
+runs). FID, CLIP score and the UA of generations are in :mod:`~salun_lightning.metrics.generation`."""
 
 from salun_lightning.metrics.functional import accuracy_percent, average_gap, mia_efficacy, true_label_confidence
 from salun_lightning.metrics.mia import MIAEfficacy
+from salun_lightning.metrics.nudity import EXPOSED_LABELS, NudityCounts, count_exposed, detect_nudity, nudity_of_folder
 
-__all__ = ["MIAEfficacy", "accuracy_percent", "average_gap", "mia_efficacy", "true_label_confidence"]
+__all__ = [
+    "EXPOSED_LABELS",
+    "MIAEfficacy",
+    "NudityCounts",
+    "accuracy_percent",
+    "average_gap",
+    "count_exposed",
+    "detect_nudity",
+    "mia_efficacy",
+    "nudity_of_folder",
+    "true_label_confidence",
+]

@@ -1,10 +1,13 @@
-"""Metrics of generated images (SPEC section 5): UA and retained accuracy from a judge's predictions, and FID.
+"""Metrics of generated images (SPEC section 5): UA and retained accuracy from a judge's predictions, FID and CLIP
+score.
 
 UA is the percentage of forgotten-class generations a judge classifier does not assign to the forgotten class;
 retained accuracy is its accuracy on the other classes' generations. FID uses torchmetrics'
 ``FrechetInceptionDistance`` with 2048-d Inception-v3 features when torch-fidelity and its Inception weights are
 on disk (nothing is ever downloaded), and otherwise fallback features (a judge's penultimate layer); every result
-names the features it used. The judge itself lives in :mod:`salun_lightning.diffusion.evaluation`.
+names the features it used. CLIP score (:func:`clip_score`) uses torchmetrics' ``CLIPScore`` with a CLIP model from
+a local directory, and only from one: there is no fallback, and nothing is downloaded. The judge itself lives in
+:mod:`salun_lightning.diffusion.evaluation`; nudity counts in :mod:`salun_lightning.metrics.nudity`.
 
 Example::
 
@@ -17,8 +20,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -27,9 +31,12 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from salun_lightning.metrics.functional import accuracy_percent
 
 __all__ = [
+    "CLIP_FILES",
     "INCEPTION_FEATURES",
+    "clip_score",
     "fid_score",
     "find_inception_weights",
+    "load_clip",
     "retained_accuracy",
     "to_unit_range",
     "unlearning_accuracy",
@@ -164,8 +171,9 @@ def _cached_inception_weights() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILENAME
 
 
-def _inception_input(images: Tensor) -> Tensor:
-    """uint8 RGB in ``[0, 255]``, what torchmetrics' Inception takes (it resizes to 299 itself)."""
+def _uint8_rgb(images: Tensor) -> Tensor:
+    """uint8 RGB in ``[0, 255]``: what torchmetrics' Inception takes (it resizes to 299 itself), and what CLIP's
+    image processor takes (it rescales by 1/255 itself)."""
     images = images if images.dtype == torch.uint8 else (to_unit_range(images) * 255).round().to(torch.uint8)
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
@@ -236,7 +244,7 @@ def fid_score(
     device = tensors[0].device if tensors else real_images.device
     if weights is not None:
         metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=os.fspath(weights))
-        name, prepare = INCEPTION_FEATURES, _inception_input
+        name, prepare = INCEPTION_FEATURES, _uint8_rgb
     else:
         metric = FrechetInceptionDistance(feature=fallback_features)
         name, prepare = fallback_features.name, (lambda images: images)
@@ -246,3 +254,151 @@ def fid_score(
         for chunk in images.split(batch_size):
             metric.update(prepare(chunk.to(device)), real=real)
     return float(metric.compute()), name
+
+
+# ---------------------------------------------------------------------------------------------------- CLIP score
+CLIP_FILES = ("config.json", "model.safetensors or pytorch_model.bin", "the processor's and tokenizer's files")
+
+
+class _ClipFeatures(nn.Module):
+    """A transformers ``CLIPModel`` as torchmetrics' ``CLIPScore`` uses it, with features always tensors.
+
+    transformers 5 returns a ``BaseModelOutputWithPooling`` from ``get_image_features`` and ``get_text_features``
+    (the projected embeddings are its ``pooler_output``); torchmetrics 1.9 takes the return value as the embeddings
+    and fails (Lightning-AI/torchmetrics#3407; the fix, #3408, is not in 1.9.0). transformers 4 returns the tensor.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    @staticmethod
+    def _tensor(output: Any) -> Tensor:
+        return output if isinstance(output, Tensor) else output.pooler_output
+
+    def get_image_features(self, *args: Any, **kwargs: Any) -> Tensor:
+        return self._tensor(self.model.get_image_features(*args, **kwargs))
+
+    def get_text_features(self, *args: Any, **kwargs: Any) -> Tensor:
+        return self._tensor(self.model.get_text_features(*args, **kwargs))
+
+
+class _TruncatingProcessor:
+    """A CLIP processor whose prompts the tokenizer truncates to the text model's length.
+
+    torchmetrics tokenises without truncation and then cuts the token ids of longer prompts, which drops the
+    end-of-text token whose embedding CLIP pools; the tokenizer's truncation keeps it (as CLIP's own tokenisation
+    does). I2P prompts can be longer than CLIP's 77 tokens.
+    """
+
+    def __init__(self, processor: Any, max_length: int) -> None:
+        self.processor = processor
+        self.max_length = max_length
+
+    def __call__(self, *args: Any, text: Any = None, **kwargs: Any) -> Any:
+        if text is not None:
+            kwargs.update(truncation=True, max_length=self.max_length)
+        return self.processor(*args, text=text, **kwargs)
+
+
+def load_clip(model_path: PathLike) -> tuple[nn.Module, Any]:
+    """A CLIP model (in evaluation mode) and its processor from a local directory; never downloads.
+
+    The directory is what ``CLIPModel.save_pretrained`` and ``CLIPProcessor.save_pretrained`` write (for instance a
+    copy of ``openai/clip-vit-large-patch14``, the model torchmetrics uses by default): ``config.json``, the
+    weights and the processor's and tokenizer's files.
+
+    Raises:
+        FileNotFoundError: no such directory, or no ``config.json`` in it.
+        ValueError: the directory does not hold a loadable CLIP model and processor.
+
+    Example::
+
+        >>> load_clip("no/such/clip")
+        Traceback (most recent call last):
+            ...
+        FileNotFoundError: CLIP model directory 'no/such/clip' does not exist; ...
+    """
+    from transformers import CLIPModel, CLIPProcessor
+
+    path = Path(model_path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"CLIP model directory {os.fspath(model_path)!r} does not exist; give a local directory holding "
+            f"{', '.join(CLIP_FILES)} (what CLIPModel and CLIPProcessor save_pretrained write)"
+        )
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} holds no config.json: it is not a saved CLIP model (save_pretrained writes one)"
+        )
+    try:
+        model = CLIPModel.from_pretrained(path, local_files_only=True)
+        processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{path} does not hold a loadable CLIP model and processor ({error}); it needs {', '.join(CLIP_FILES)}"
+        ) from None  # the message carries the cause
+    return model.eval(), processor
+
+
+def clip_score(
+    images: Tensor,
+    prompts: Sequence[str],
+    model_path: Optional[PathLike],
+    *,
+    batch_size: int = 64,
+) -> float:
+    """CLIP score of images against their prompts: torchmetrics' ``CLIPScore`` with a CLIP model from a local
+    directory (:func:`load_clip`); nothing is ever downloaded.
+
+    The value is torchmetrics': ``max(100 * mean_i cos(E_I_i, E_C_i), 0)``, with ``E_I`` and ``E_C`` the CLIP
+    image and text embeddings. The clamp at 0 applies to the mean, not to each pair as in Hessel et al. (2021);
+    the two agree whenever no cosine is negative, as for a trained CLIP on its prompts. Prompts longer than the
+    text model takes are truncated by the tokenizer (the end-of-text token kept). Report the CLIP model with the
+    figure: scores of different CLIP models are not comparable.
+
+    Args:
+        images: ``(N, C, H, W)`` images, uint8 in ``[0, 255]`` or float in ``[-1, 1]``, RGB or grey (C = 1 or 3);
+            the processor resizes and crops them. The computation runs on their device.
+        prompts: the N prompts, one per image.
+        model_path: the local CLIP directory; ``None`` is refused.
+        batch_size: images per forward pass.
+
+    Raises:
+        ValueError: no ``model_path``, a bad image shape or dtype, a prompt count that differs from the image
+            count, a non-positive ``batch_size``, or a directory without a loadable CLIP.
+        FileNotFoundError: ``model_path`` missing.
+
+    Example::
+
+        >>> clip_score(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), ["a photo"], model_path=None)
+        Traceback (most recent call last):
+            ...
+        ValueError: CLIP score needs a local CLIP model directory (model_path=<dir> with config.json, ...
+    """
+    from torchmetrics.multimodal.clip_score import CLIPScore
+
+    if model_path is None:
+        raise ValueError(
+            f"CLIP score needs a local CLIP model directory (model_path=<dir> with {', '.join(CLIP_FILES)}, e.g. a "
+            "saved openai/clip-vit-large-patch14); nothing is downloaded here"
+        )
+    if images.ndim != 4 or images.shape[0] == 0 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be a non-empty (N, C, H, W) batch with C = 1 or 3, got {tuple(images.shape)}")
+    if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
+        raise ValueError(f"images must be uint8 in [0, 255] or float in [-1, 1], got {images.dtype}")
+    if isinstance(prompts, str) or len(prompts) != images.shape[0] or not all(isinstance(p, str) for p in prompts):
+        count = "a string" if isinstance(prompts, str) else f"{len(prompts)} entries"
+        raise ValueError(f"prompts must be a list of {images.shape[0]} strings, one per image, got {count}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    model, processor = load_clip(model_path)
+    max_length = min(model.config.text_config.max_position_embeddings, processor.tokenizer.model_max_length)
+    wrapped = (_ClipFeatures(model), _TruncatingProcessor(processor, max_length))
+    metric = CLIPScore(model_name_or_path=lambda: wrapped).to(images.device)
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            chunk = _uint8_rgb(images[start : start + batch_size])
+            metric.update(list(chunk), list(prompts[start : start + batch_size]))
+    return float(metric.compute())
