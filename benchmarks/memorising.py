@@ -45,6 +45,7 @@ CONFIGS = ROOT / "configs" / "cifar10"
 UNLEARNING = ("salun", "rl", "ft", "ga", "l1_sparse")
 SCENARIOS = ("random10", "random50", "class")
 GRID = (0.3, 1.0, 3.0)
+INVOCATION = "invocation.json"  # the salun command that made a run: what resuming compares
 
 
 def common_args(subset: Path, root: Path, seed: int, model: str) -> list[str]:
@@ -55,12 +56,21 @@ def common_args(subset: Path, root: Path, seed: int, model: str) -> list[str]:
 
 
 def fit(method: str, scenario: str, args: list[str]) -> dict:
-    """Run ``salun fit`` (then its test) and return the run's metrics."""
+    """Run ``salun fit`` (then its test) and return the run's metrics.
+
+    Resumable: a finished run is reused only when it was made by exactly this command (``invocation.json``, written
+    after the fit); a run of other settings in the same directory is run again.
+    """
     root = Path(next(a for a in args if a.startswith("--trainer.default_root_dir=")).split("=", 1)[1])
-    if (root / "metrics.json").is_file() and not (root / "INCOMPLETE").exists():
-        return json.loads((root / "metrics.json").read_text())  # resumable: a finished run is kept
-    salun(["fit", "--config", str(CONFIGS / f"{method}.yaml"), "--config", str(CONFIGS / "forget" / f"{scenario}.yaml"),
-           *args])
+    command = ["fit", "--config", str(CONFIGS / f"{method}.yaml"), "--config",
+               str(CONFIGS / "forget" / f"{scenario}.yaml"), *args]
+    record = root / INVOCATION
+    finished = (root / "metrics.json").is_file() and not (root / "INCOMPLETE").exists()
+    if finished and record.is_file() and json.loads(record.read_text()) == command:
+        return json.loads((root / "metrics.json").read_text())
+    record.unlink(missing_ok=True)
+    salun(command)
+    write_json(record, command)
     return json.loads((root / "metrics.json").read_text())
 
 
