@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import torch
 import yaml
@@ -159,12 +160,15 @@ def class_conditional(args: argparse.Namespace, out: Path, judge: Judge, real: t
     return records
 
 
-def train_vae(out: Path, steps: int) -> Path:
-    """Train the tiny VAE of ``t2i_digits_train.yaml`` to reconstruct 16x16 digits; scale its latents to unit std."""
+def train_vae(out: Path, steps: int, images: Optional[torch.Tensor] = None) -> Path:
+    """Train the tiny VAE of ``t2i_digits_train.yaml`` to reconstruct 16x16 images; scale its latents to unit std.
+
+    ``images``: uint8 ``(N, 1, H, W)`` training images (resized to 16x16); default the digits' training split.
+    """
     config = yaml.safe_load((CONFIGS / "t2i_digits_train.yaml").read_text())["model"]["init_args"]["vae"]
     torch.manual_seed(0)
     vae = AutoencoderKL(**config)
-    images = to_diffusion_range(load_digits_data().train_images, 16, 1)
+    images = to_diffusion_range(load_digits_data().train_images if images is None else images, 16, 1)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
     for _ in range(steps):
         batch = images[torch.randint(0, len(images), (128,))]
@@ -181,23 +185,31 @@ def train_vae(out: Path, steps: int) -> Path:
     return out
 
 
-def train_text_encoder(out: Path, steps: int) -> Path:
-    """Pre-train the tiny CLIP text encoder of ``t2i_digits_train.yaml`` to tell the ten digit prompts apart.
+def train_text_encoder(out: Path, steps: int, prompts: Optional[Sequence[str]] = None,
+                       tokenizer_path: Optional[Path] = None, **config_overrides: Any) -> Path:
+    """Pre-train the tiny CLIP text encoder of ``t2i_digits_train.yaml`` to tell the prompts apart.
 
     Stable Diffusion's CLIP arrives pre-trained; a random one gives prompts that differ in one token nearly the same
     embedding, and the denoiser then ignores the prompt. A linear probe on the pooled output learns to name each
-    prompt's digit; the encoder is frozen afterwards, as in Stable Diffusion.
+    prompt; the encoder is frozen afterwards, as in Stable Diffusion.
+
+    Args:
+        prompts: the prompts to tell apart (default: the config's ten digit prompts).
+        tokenizer_path: the tokenizer (default: the config's byte-level one).
+        config_overrides: text-encoder config entries to change (e.g. ``max_position_embeddings`` for long prompts).
     """
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     train_config = yaml.safe_load((CONFIGS / "t2i_digits_train.yaml").read_text())
-    config = train_config["model"]["init_args"]["text_encoder"]
+    config = {**train_config["model"]["init_args"]["text_encoder"], **config_overrides}
     template = train_config["data"]["init_args"]["prompt_template"]
     torch.manual_seed(0)
     encoder = CLIPTextModel(CLIPTextConfig(**config))
-    tokenizer = CLIPTokenizer.from_pretrained(ROOT / train_config["model"]["init_args"]["tokenizer"])
-    prompts = [template.format(**{"class": str(digit)}) for digit in range(10)]
-    ids = tokenizer(prompts, padding="max_length", max_length=config["max_position_embeddings"],
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path or ROOT / train_config["model"]["init_args"]["tokenizer"])
+    if prompts is None:
+        prompts = [template.format(**{"class": str(digit)}) for digit in range(10)]
+    prompts = list(prompts)
+    ids = tokenizer(prompts, padding="max_length", max_length=config["max_position_embeddings"], truncation=True,
                     return_tensors="pt").input_ids
     probe = torch.nn.Linear(config["hidden_size"], len(prompts))
     optimizer = torch.optim.Adam([*encoder.parameters(), *probe.parameters()], lr=1e-3)

@@ -9,7 +9,11 @@
 #   1. device: the card (nvidia-smi), torch and Lightning versions;
 #   2. device_data: data on the device gives the host path's batches (indices, augmented images) under the seed;
 #   3. throughput: a salun epoch of the module against a plain PyTorch loop on the same device;
-#   4. protocol: benchmarks/paper_protocol.py (the paper's CIFAR-10 protocol, random 10%), scaled by
+#   4. sd_concept: concept erasure at Stable Diffusion 1.x scale (benchmarks/sd_concept_step.py): salun (pseudo
+#      "replace", its mask at fit start), esd_x and fmn through TextToImageDiffusion and the Trainer with the SD 1.x
+#      UNet (random weights; VAE and text encoder SD-shaped but small), bf16 autocast and gradient checkpointing: a
+#      warm-up step, then two timed steps each, with the peak CUDA memory (--tiny: toy size on the CPU);
+#   5. protocol: benchmarks/paper_protocol.py (the paper's CIFAR-10 protocol, random 10%), scaled by
 #      PROTOCOL_SCALE (default 1.0), within what is left of the budget, with its table beside the paper's.
 # Python packages missing on the device machine (diffusers, jsonargparse) are installed from .whl/ when present;
 # the CIFAR-10 archive is read from ARCHIVE (default data/cifar10-jpg.tar.gz, else ../shared/data/...).
@@ -73,15 +77,17 @@ EOF
 if [[ $TINY == 1 ]]; then
   step throughput 120 "$PY" benchmarks/throughput.py --tiny --rounds 1 --workers 0 --accelerator cpu \
     --out "$OUT_DIR/throughput_runs"
+  step sd_concept 60 "$PY" benchmarks/sd_concept_step.py --size tiny
   step protocol 120 "$PY" benchmarks/paper_protocol.py --tiny --out "$OUT_DIR/protocol_runs"
 else
   step throughput 150 "$PY" benchmarks/throughput.py --model resnet18 --precision bf16-mixed --rounds 2 \
     --workers 8 --train-per-class 4500 --out "$OUT_DIR/throughput_runs"
+  step sd_concept 240 "$PY" benchmarks/sd_concept_step.py --size sd --batch 4 --steps 2
   step protocol "$(left)" "$PY" benchmarks/paper_protocol.py --scenario random10 --seeds 0 \
     --epochs-scale "${PROTOCOL_SCALE:-1.0}" --archive "$ARCHIVE" --out "$OUT_DIR/protocol_runs"
 fi
 
-for name in device device_data throughput protocol; do
+for name in device device_data throughput sd_concept protocol; do
   echo
   echo "######## $name"
   cat "$OUT_DIR/$name.txt"

@@ -310,3 +310,53 @@ def test_generated_prompts_become_the_class_prompts(tmp_path):
     datamodule = DiffusionDataModule("image_folder", data_path=str(folder), prompts_csv=str(folder / "prompts.csv"),
                                      cache_dir=str(tmp_path / "cache"), forget_class="forget")
     assert datamodule.class_prompts == ["a photo of a nude person", "a photo of a person wearing clothes"]
+
+
+# ---------------------------------------------------------------------------------------------------- pseudo "replace"
+def test_replace_pseudo_prompts_are_the_forget_prompts_without_the_concept(originals, tokenizer):
+    model = build("text", "salun", originals, tokenizer, pseudo="replace", concept="in inverted style")
+    batch = {"image": torch.zeros(4, 1, 8, 8), "class": torch.zeros(4, dtype=torch.long),
+             "prompt": ["an image of the digit 3 in inverted style", "an image of the digit  7 in\tinverted  style",
+                        "in inverted style, an image of the digit 1", "a 2 in inverted style in inverted style"]}
+    assert model.pseudo_condition(batch) == ["an image of the digit 3", "an image of the digit 7",
+                                             ", an image of the digit 1", "a 2"]
+    anchored = build("text", "rl", originals, tokenizer, pseudo="replace", concept="inverted",
+                     anchor_prompt="normal")
+    assert anchored.pseudo_condition({**batch, "prompt": ["an image of 3 in inverted style"]}) == [
+        "an image of 3 in normal style"]
+    with pytest.raises(ValueError, match="the forget prompt 'an uninverted image of 3' does not contain the concept "
+                                         "'inverted'"):  # whole words only
+        anchored.pseudo_condition({**batch, "prompt": ["an image of 3 in inverted style", "an uninverted image of 3"]})
+
+
+def test_a_replace_step_conditions_the_target_on_the_replaced_prompts(originals, tokenizer, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = build("text", "salun", originals, tokenizer, pseudo="replace", concept="in inverted style")
+    encoded: list[list[str]] = []
+    encode = model.encode_condition
+    monkeypatch.setattr(model, "encode_condition", lambda prompts: encoded.append(list(prompts)) or encode(prompts))
+    datamodule = data(prompt_template="an image of {class} in inverted style")
+    trainer = fit(model, datamodule, tmp_path, steps=1)
+    assert math.isfinite(trainer.callback_metrics["train/loss"])
+    assert ["an image of 0"] * 8 in encoded  # the pseudo prompts of the forget batch (the target)
+    assert ["an image of 0 in inverted style"] * 8 in encoded  # the forget batch's own prompts (the prediction)
+    # forget prompts without the concept: refused at the step they appear, naming the prompt and the concept
+    model = build("text", "salun", originals, tokenizer, pseudo="replace", concept="in inverted style")
+    with pytest.raises(ValueError, match="the forget prompt 'an image of 0' does not contain the concept 'in inverted "
+                                         "style'"):
+        fit(model, data(), tmp_path / "plain", steps=1)
+
+
+def test_bad_replace_input_is_refused(originals, tokenizer):
+    with pytest.raises(ValueError, match="pseudo='replace' replaces the words of concept .* set concept"):
+        build("text", "salun", originals, tokenizer, pseudo="replace")
+    with pytest.raises(ValueError, match="anchor_prompt 'inverted  style' is the concept 'inverted style' itself"):
+        build("text", "salun", originals, tokenizer, pseudo="replace", concept="inverted style",
+              anchor_prompt="inverted  style")
+    with pytest.raises(ValueError, match="concept is empty"):
+        build("text", "salun", originals, tokenizer, pseudo="replace", concept="  ")
+    with pytest.raises(ValueError, match="concept .* belongs to method fmn, not 'salun', or to pseudo='replace'.* not "
+                                         "pseudo='prompt'"):
+        build("text", "salun", originals, tokenizer, pseudo="prompt", anchor_prompt="a 1", concept="0")
+    with pytest.raises(ValueError, match="a class-conditional model has no prompts"):
+        build("pixel", "salun", originals, None, pseudo="replace")

@@ -56,7 +56,7 @@ from salun_lightning.labels import random_other_labels
 from salun_lightning.runs import begin_run, finish_run, mask_output_path
 
 Method = Literal["train", "retrain", "ga", "rl", "salun", "esd_x", "esd_u", "fmn"]
-Pseudo = Literal["next", "random", "class", "prompt"]
+Pseudo = Literal["next", "random", "class", "prompt", "replace"]
 Component = Optional[Union[str, dict[str, Any]]]
 Conditions = Union[Tensor, list[str]]  # class labels, or prompts
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -230,7 +230,9 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         alpha: weight of the retain loss in ``L_f + alpha * L_r`` (paper: 1e-3 DDPM, 0.5 Stable Diffusion).
         pseudo: the pseudo condition ``c_p`` of ``L_f``: ``next`` class ``(c_f + 1) mod C`` (upstream; with one
             forgotten class it never equals it, and the null class is never used), a uniformly ``random`` other class,
-            a fixed ``class`` (``pseudo_class``), or for text models the fixed ``anchor_prompt`` (``prompt``).
+            a fixed ``class`` (``pseudo_class``), or for text models the fixed ``anchor_prompt`` (``prompt``) or each
+            forget image's own prompt with the words of ``concept`` replaced by ``anchor_prompt`` (``replace``: style
+            erasure, "an image of the digit 3 in inverted style" -> "an image of the digit 3").
         pseudo_class: the class name or index of ``pseudo="class"``.
         condition_dropout: probability of replacing a condition by the null condition in the minimised denoising
             losses (``train``, ``retrain`` and ``L_r``; not in ``ga``'s ascent): classifier-free guidance training,
@@ -621,7 +623,7 @@ class ClassConditionalDiffusion(DiffusionUnlearningModule):
     def __init__(self, num_classes: int = 10, unet: Component = None, pseudo: Pseudo = "next", **kwargs: Any) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
-        if pseudo == "prompt":
+        if pseudo in ("prompt", "replace"):
             raise ValueError("a class-conditional model has no prompts: use pseudo 'next', 'random' or 'class'.")
         if isinstance(unet, dict):
             given = unet.get("num_class_embeds")
@@ -705,12 +707,17 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         text_encoder: ``CLIPTextModel``: a config dict, a directory, or ``None`` for ``<pretrained>/text_encoder``.
         tokenizer: a ``CLIPTokenizer`` directory (``vocab.json`` and ``merges.txt``, or ``tokenizer.json``), or
             ``None`` for ``<pretrained>/tokenizer``.
-        anchor_prompt: the pseudo condition of ``pseudo="prompt"`` (e.g. "a photo of a person wearing clothes").
+        anchor_prompt: the pseudo condition of ``pseudo="prompt"`` (e.g. "a photo of a person wearing clothes"), or
+            what replaces ``concept`` in the forget prompts with ``pseudo="replace"`` (``""``: the concept's words are
+            dropped).
         class_prompts: the prompt of every class (the data's ``class_prompts``).
         concept_prompt: ``esd_x``, ``esd_u``, ``fmn``: the prompt naming the concept to erase (e.g. "nudity", "a photo
             of a nude person"); default: the forgotten class's prompt.
         concept: ``fmn``: the words of ``concept_prompt`` whose attention is lowered (e.g. "nude"); default: the
-            forgotten class's name.
+            forgotten class's name. ``pseudo="replace"`` (``salun``, ``rl``; required there): the words of every
+            forget prompt that ``anchor_prompt`` replaces in its pseudo prompt (e.g. "in inverted style"), matched
+            as whole words with any whitespace between them; a forget prompt without them is refused (ValueError
+            naming the prompt and the concept) at the step it appears.
         esd_sampling_steps: ESD's DDIM steps from noise (ESD: 50).
         esd_sampling_guidance: ``w`` of ESD's sampling, ``(1 + w) * eps*(c) - w * eps*(null)``; 2.0 is ESD's
             guidance scale 3 (``scale = 1 + w``).
@@ -772,11 +779,19 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
             if (concept_prompt is not None) and objective not in ("esd", "fmn"):
                 raise ValueError(f"concept_prompt belongs to methods esd_x, esd_u and fmn, not {method!r}; the other "
                                  "methods take their prompts from the data (and anchor_prompt).")
-            if concept is not None and objective != "fmn":
+            if concept is not None and objective != "fmn" and kwargs.get("pseudo") != "replace":
                 raise ValueError(f"concept (the words whose attention Forget-Me-Not lowers) belongs to method fmn, not "
-                                 f"{method!r}.")
+                                 f"{method!r}, or to pseudo='replace' (the words it replaces by anchor_prompt in the "
+                                 f"forget prompts), not pseudo={kwargs.get('pseudo', 'next')!r}.")
         if concept is not None and not concept.strip():
             raise ValueError("concept is empty: give the words of concept_prompt to forget, e.g. 'nude'.")
+        if kwargs.get("pseudo") == "replace":
+            if concept is None:
+                raise ValueError("pseudo='replace' replaces the words of concept in every forget prompt by "
+                                 "anchor_prompt: set concept (e.g. 'in inverted style'; anchor_prompt '' drops them).")
+            if " ".join(anchor_prompt.split()) == " ".join(concept.split()):
+                raise ValueError(f"anchor_prompt {anchor_prompt!r} is the concept {concept!r} itself: the pseudo "
+                                 "prompts would be the forget prompts; choose an anchor that does not show the concept.")
         if esd_sampling_steps < 1 or esd_samples < 1 or esd_eta < 0 or esd_sampling_guidance < 0:
             raise ValueError(
                 f"esd_sampling_steps ({esd_sampling_steps}) and esd_samples ({esd_samples}) must be positive and "
@@ -808,9 +823,14 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
             part.requires_grad_(False).eval()
         self._check_parts()
         self._check_data()
-        if self.hparams.pseudo != "prompt" and self.spec.objective == "forget_retain" and not self.class_prompts:
+        if self.hparams.pseudo not in ("prompt", "replace") and self.spec.objective == "forget_retain" and (
+                not self.class_prompts):
             raise ValueError(f"pseudo={self.hparams.pseudo!r} conditions on other classes' prompts: give class_prompts "
                              "(the data's), or use pseudo='prompt' with an anchor_prompt.")
+        self._concept_pattern: Optional[re.Pattern[str]] = None
+        if concept is not None:  # the concept's words, whole, with any whitespace between them (pseudo='replace')
+            words = r"\s+".join(re.escape(word) for word in concept.split())
+            self._concept_pattern = re.compile(rf"(?<!\w){words}(?!\w)")
         self.concept_prompt: Optional[str] = None
         self.concept_positions: Optional[list[int]] = None
         self._attention: Optional[CrossAttentionRecorder] = None
@@ -1029,7 +1049,28 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
     def pseudo_condition(self, batch: dict[str, Any]) -> list[str]:
         if self.hparams.pseudo == "prompt":
             return [self.hparams.anchor_prompt] * len(batch["image"])
+        if self.hparams.pseudo == "replace":
+            return [self.replace_concept(prompt) for prompt in batch[self.condition_key]]
         return super().pseudo_condition(batch)
+
+    def replace_concept(self, prompt: str) -> str:
+        """``pseudo="replace"``'s pseudo prompt: ``prompt`` with every occurrence of ``concept`` replaced by
+        ``anchor_prompt``, whitespace normalised ("an image of the digit 3 in inverted style" -> "an image of the
+        digit 3" for the concept "in inverted style" and the anchor "").
+
+        Raises:
+            ValueError: ``prompt`` does not contain ``concept`` (the message names both), or no ``concept`` is set.
+        """
+        if self._concept_pattern is None:
+            raise ValueError("replace_concept needs concept (the words to replace); set it with pseudo='replace'.")
+        replaced, count = self._concept_pattern.subn(lambda _: self.hparams.anchor_prompt, prompt)
+        if count == 0:
+            raise ValueError(
+                f"the forget prompt {prompt!r} does not contain the concept {self.hparams.concept!r}, so "
+                "pseudo='replace' has nothing to replace: every forget image's prompt must name the concept (fix the "
+                "data's prompts, or the concept)."
+            )
+        return " ".join(replaced.split())
 
     def denoise(self, x_t: Tensor, timesteps: Tensor, condition: Tensor) -> Tensor:
         return self.unet(x_t, timesteps, encoder_hidden_states=condition).sample

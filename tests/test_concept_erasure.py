@@ -1,0 +1,106 @@
+"""benchmarks/concept_erasure.py end to end at toy size (``--tiny``), and its scheduling arithmetic."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "concept_erasure.py"
+STYLE_ROWS = ["original", "salun", "esd_x", "esd_u", "fmn"]
+OBJECT_ROWS = ["original", "salun", "esd_x", "fmn"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("concept_erasure_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def table_rows(stdout: str, title: str) -> list[list[str]]:
+    """The rows (cells) of the markdown table printed under the heading that starts with ``title``."""
+    section = stdout.split(title, 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]  # without the header
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("concept_erasure")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--jobs", "1", "--out", str(out)], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out, result.stdout
+
+
+def test_tiny_run_prints_a_table_per_experiment_with_every_method(tiny_run):
+    out, stdout = tiny_run
+    style = table_rows(stdout, "## Style erasure")
+    objects = table_rows(stdout, "## Object erasure")
+    assert [row[0] for row in style] == STYLE_ROWS
+    assert [row[0] for row in objects] == OBJECT_ROWS
+    for row in style + objects:
+        numbers = [float(cell) for cell in row[2:-1]]  # percentages and FID
+        assert all(0 <= value for value in numbers) and all(value <= 100 for value in numbers[:-1]), row
+    assert [row[-1] for row in style][0] == "-" and all(float(row[-1]) > 0 for row in style[1:])  # RTE minutes
+    assert re.search(r"estimated default run \(2 workers\) at this run's per-step times: \d+\.\d min", stdout)
+    assert re.search(r"on an idle 2-core machine .*: about \d+ min", stdout)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["name"] for r in summary["style"]] == STYLE_ROWS
+    assert [r["name"] for r in summary["object"]] == OBJECT_ROWS
+    assert summary["estimated_default_minutes"]["total"] > 0
+    assert 0 <= summary["judge"]["style_accuracy"] <= 100 and summary["judge"]["test_images"] == 2 * 355
+
+
+def test_tiny_run_writes_data_grids_and_every_run_in_its_own_directory(tiny_run):
+    out, _ = tiny_run
+    for name in STYLE_ROWS:
+        grid = Image.open(out / "grids" / f"style_{name}.png")
+        assert grid.size[1] > grid.size[0]  # 20 prompt rows of 2 images
+    for name in OBJECT_ROWS:
+        assert (out / "grids" / f"object_{name}.png").is_file()
+    for run in ["train", *(f"style_{m}" for m in STYLE_ROWS[1:]), *(f"object_{m}" for m in OBJECT_ROWS[1:])]:
+        assert (out / run / "unet" / "config.json").is_file() and (out / run / "run.json").is_file(), run
+    for run in [*(f"style_{m}" for m in STYLE_ROWS[1:]), *(f"object_{m}" for m in OBJECT_ROWS[1:])]:
+        assert json.loads((out / run / "metrics.json").read_text())["fit"]["steps"] > 0
+    salun = yaml.safe_load((out / "style_salun" / "config.yaml").read_text())["model"]["init_args"]
+    assert (salun["method"], salun["pseudo"], salun["concept"], salun["anchor_prompt"]) == (
+        "salun", "replace", "in inverted style", "")
+    esd = json.loads((out / "style_esd_x" / "run.json").read_text())
+    assert esd["concept_prompt"] == "in inverted style"
+    fmn = yaml.safe_load((out / "style_fmn" / "config.yaml").read_text())["model"]["init_args"]
+    assert (fmn["concept_prompt"], fmn["concept"]) == ("in inverted style", "inverted style")
+    # the image folder: 256 training digits per style (--tiny), the inverted ones 255 - x, and a prompt each
+    with open(out / "data" / "prompts.csv", newline="") as stream:
+        rows = {row["file"]: row["prompt"] for row in csv.DictReader(stream)}
+    assert len(rows) == 512 and len(list((out / "data" / "test" / "inverted").iterdir())) == 355
+    normal = next(file for file in rows if file.startswith("normal/00007_"))
+    digit = normal.rsplit("_", 1)[1].removesuffix(".png")
+    inverted = f"inverted/00263_{digit}.png"
+    assert rows[normal] == f"an image of the digit {digit}"
+    assert rows[inverted] == f"an image of the digit {digit} in inverted style"
+    pixels = [np.asarray(Image.open(out / "data" / "train" / file)).astype(int) for file in (normal, inverted)]
+    assert pixels[0].shape == (16, 16) and (pixels[0] + pixels[1] == 255).all() and pixels[0].std() > 0
+    # the object sets were made by `salun generate` from the original model
+    generation = json.loads((out / "object_data" / "generation.json").read_text())
+    assert generation["counts"]["train"] == {"forget": 6, "retain": 9}
+
+
+def test_the_estimate_lays_tasks_out_on_the_first_free_worker():
+    script = load_script()
+    assert script.schedule([(10.0, 0.0), (4.0, 0.0), (4.0, 0.0), (4.0, 0.0)], 2) == 12.0
+    assert script.schedule([(10.0, 0.0), (4.0, 0.0)], 1) == 14.0
+    assert script.schedule([(1.0, 0.0), (3.0, 5.0)], 2) == 8.0  # a task waits for what it needs
