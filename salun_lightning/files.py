@@ -33,6 +33,8 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     try:
         with os.fdopen(descriptor, "wb") as stream:
             write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())  # on disk before the rename: a power loss leaves no empty file under the name
         os.chmod(temporary, 0o644)  # mkstemp creates 0600
         os.replace(temporary, path)
     except BaseException:

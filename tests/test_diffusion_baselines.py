@@ -170,6 +170,50 @@ def test_an_fmn_step_lowers_attention_with_the_chosen_weights_and_restores_the_p
     assert json.loads((tmp_path / "run.json").read_text())["concept_positions"] == [10]
 
 
+def test_a_failed_fmn_fit_gives_the_layers_their_processors_back(originals, tokenizer, tmp_path):
+    from lightning.pytorch import Callback, Trainer
+
+    class Fail(Callback):
+        def on_train_batch_end(self, *args):
+            raise RuntimeError("killed mid-fit")
+
+    model = build("text", "fmn", originals, tokenizer)
+    processors = {name: type(p) for name, p in model.unet.attn_processors.items()}
+    trainer = Trainer(max_steps=3, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[Fail()])
+    datamodule = data()
+    datamodule.hparams.stream = model.train_stream
+    with pytest.raises(RuntimeError, match="killed mid-fit"):
+        trainer.fit(model, datamodule)
+    assert not model._attention.installed
+    assert {name: type(p) for name, p in model.unet.attn_processors.items()} == processors
+
+
+def test_the_recorder_refuses_layers_that_normalise_queries_and_keys():
+    layer = Attention(8, cross_attention_dim=4, heads=2, dim_head=4, qk_norm="layer_norm")
+    unet = torch.nn.ModuleDict({"attn2": layer})
+    with pytest.raises(ValueError, match="normalise queries or keys .*use a denoiser without qk_norm"):
+        CrossAttentionRecorder(unet)
+
+
+def test_esd_samples_differ_between_ranks_and_repeat_on_one(originals, tokenizer):
+    from types import SimpleNamespace
+
+    model = build("text", "esd_x", originals, tokenizer, esd_sampling_steps=4)
+
+    def sample(rank: int, step: int) -> torch.Tensor:
+        model._trainer = SimpleNamespace(world_size=2, global_rank=rank, global_step=step)
+        torch.manual_seed(0)  # the same global seed on every rank, as seed_everything gives
+        return model.esd_sample(2)[0]
+
+    try:
+        first = sample(0, 5)
+        assert torch.equal(first, sample(0, 5))  # reproducible
+        assert not torch.equal(first, sample(1, 5)) and not torch.equal(first, sample(0, 6))
+    finally:
+        model._trainer = None
+
+
 # ---------------------------------------------------------------------------------------------------- ga, epochs
 def test_ga_ascends_the_forget_denoising_loss_and_keeps_alpha_times_the_retain_loss(originals):
     model = build("pixel", "ga", originals, None, alpha=0.25, condition_dropout=0.0)

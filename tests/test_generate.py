@@ -7,6 +7,7 @@ import csv
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from PIL import Image
 from salun_lightning.cli import main, run
 from salun_lightning.diffusion import DiffusionDataModule, TextToImageDiffusion
 from salun_lightning.diffusion import generate as generation
-from salun_lightning.diffusion.generate import image_seed
+from salun_lightning.diffusion.generate import image_seed, weights_fingerprint
 from salun_lightning.runs import is_incomplete
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +102,8 @@ def test_the_sets_are_an_image_folder_with_prompts_seeds_and_a_record(nudity, mo
     assert record["settings"] == {
         "pretrained": str(model.resolve()), "unet": str((model / "unet").resolve()), "steps": 2, "image_size": 8,
         "precision": "32", "sets": [["forget", NUDE, 3], ["retain", CLOTHED, 2]], "seed": 0, "guidance_scale": 7.5,
-        "test_count": 1}
+        "test_count": 1, "weights": weights_fingerprint(model, model / "unet")}
+    assert len(record["settings"]["weights"]) == 16
     assert record["counts"] == {"train": {"forget": 3, "retain": 2}, "test": {"forget": 1, "retain": 1}}
     assert record["runs"][0]["made"] == 7 and record["runs"][0]["versions"]["torch"] == torch.__version__.split("+")[0]
     assert {"diffusers", "transformers", "salun-lightning", "python"} <= set(record["runs"][0]["versions"])
@@ -379,3 +381,18 @@ def test_help_lists_generate_and_says_which_guidance_it_takes(capsys):
     assert stop.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "diffusers' guidance_scale g" in text and "salun sample's --guidance is w = g - 1" in text
+
+
+def test_a_refitted_model_in_the_same_directory_is_not_mixed_into_a_resumed_generation(model, tmp_path, capsys):
+    pipeline = tmp_path / "train"
+    shutil.copytree(model, pipeline)
+    out = tmp_path / "sets"
+    generate(pipeline, out, "--set", "retain", CLOTHED, "2")
+    weights = next((pipeline / "unet").glob("*.safetensors"))
+    time.sleep(0.01)
+    weights.write_bytes(weights.read_bytes())  # a new fit writes its denoiser into the same run directory
+    with pytest.raises(SystemExit):
+        main(["generate", "--pretrained", str(pipeline), "--out", str(out), "--steps", "2", "--set", "retain", CLOTHED,
+              "2"])
+    message = capsys.readouterr().err.splitlines()[0]
+    assert "holds a generation with other settings" in message and "weights: " in message

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from typing import Any, Literal, Optional
 
 import torch
+from lightning.pytorch import Callback
 from torch import Tensor, nn
 
 CROSS_ATTENTION = "attn2"  # diffusers' name of the cross-attention module of a transformer block
@@ -171,6 +172,14 @@ class CrossAttentionRecorder:
 
     def __init__(self, unet: nn.Module) -> None:
         self.layers = cross_attention_layers(unet)
+        normed = [name for name, layer in self.layers.items()
+                  if getattr(layer, "norm_q", None) is not None or getattr(layer, "norm_k", None) is not None]
+        if normed:
+            raise ValueError(
+                f"Forget-Me-Not records attention as Stable Diffusion 1.x/2.x computes it, without query/key "
+                f"normalisation, but {len(normed)} cross-attention layers normalise queries or keys (e.g. "
+                f"{normed[0]}); use a denoiser without qk_norm, or another method."
+            )
         self.positions: Optional[list[int]] = None
         self.captured: list[Tensor] = []
         self.recording = False
@@ -232,3 +241,14 @@ class CrossAttentionRecorder:
     def _check_captured(self) -> None:
         if not self.captured:
             raise RuntimeError("no attention was captured: run the denoiser inside CrossAttentionRecorder.capture().")
+
+
+class RestoreAttentionOnError(Callback):
+    """Give the cross-attention layers their own processors back when a fit fails (Lightning calls
+    ``on_exception`` on callbacks, not on the LightningModule)."""
+
+    def __init__(self, recorder: CrossAttentionRecorder) -> None:
+        self.recorder = recorder
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.recorder.restore()

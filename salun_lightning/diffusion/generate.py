@@ -370,6 +370,21 @@ def _config(path: Path) -> dict[str, Any]:
         raise ValueError(f"cannot read {path / 'config.json'} ({error}); save that part again.") from None
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
+
+
+def weights_fingerprint(*directories: Path) -> str:
+    """A short hash of the weight files under ``directories`` (their paths, sizes and modification times): a model
+    refitted into the same directory gets another fingerprint, so a resumed generation never mixes two models."""
+    listing = []
+    for directory in directories:
+        for path in sorted(Path(directory).rglob("*")):
+            if path.suffix in WEIGHT_SUFFIXES and path.is_file():
+                info = path.stat()
+                listing.append(f"{path.resolve()}:{info.st_size}:{info.st_mtime_ns}")
+    return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]
+
+
 def check_pipeline(pretrained: str, unet: Optional[str] = None) -> tuple[Path, Path]:
     """The local pipeline directory of ``pretrained`` (a directory or a Hub id) and the denoiser directory, checked
     to hold every part of a text-to-image pipeline.
@@ -614,6 +629,7 @@ def generate(
     settings = _json({
         "pretrained": str(pipeline.resolve()),
         "unet": str(unet_path.resolve()),
+        "weights": weights_fingerprint(pipeline, unet_path),
         "steps": steps,
         "image_size": size,
         "precision": precision,

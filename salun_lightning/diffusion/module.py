@@ -47,6 +47,7 @@ from salun_lightning.callbacks import WeightSaliencyCallback
 from salun_lightning.data.splits import resolve_class
 from salun_lightning.diffusion.baselines import (
     CrossAttentionRecorder,
+    RestoreAttentionOnError,
     concept_token_positions,
     frozen_copy,
     select_trainable,
@@ -924,9 +925,11 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
             self._attention.restore()
         super().on_fit_end()
 
-    def on_exception(self, exception: BaseException) -> None:
+    def configure_callbacks(self) -> list[Callback]:
+        callbacks = super().configure_callbacks()
         if self._attention is not None:
-            self._attention.restore()
+            callbacks.append(RestoreAttentionOnError(self._attention))
+        return callbacks
 
     def run_record(self) -> dict[str, Any]:
         record = super().run_record()
@@ -950,6 +953,15 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
             original.to(device=reference.device, dtype=reference.dtype)
         return original
 
+    def _esd_generator(self) -> Optional[torch.Generator]:
+        """``None`` (the global generator) in one process; under several, a CPU generator seeded from the global
+        seed, the rank and the step, so that the ranks sample different ``x_t`` (with one seed on every rank, the
+        global generators would give every rank the same sample and the same gradient)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return None
+        seed = hash((torch.initial_seed(), self.global_rank, self.global_step)) % 2**63
+        return torch.Generator().manual_seed(seed)
+
     @torch.no_grad()
     def esd_sample(self, count: int) -> tuple[Tensor, Tensor]:
         """ESD's ``(x_t, t)``: ``count`` latents sampled by the frozen copy with guided DDIM from Gaussian noise under
@@ -958,8 +970,11 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         hp, original = self.hparams, self._original()
         scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
         scheduler.set_timesteps(hp.esd_sampling_steps)
-        stop = int(torch.randint(0, hp.esd_sampling_steps, ()))
-        x = torch.randn((count, *self.latent_shape), device=self.device) * scheduler.init_noise_sigma
+        generator = self._esd_generator()
+        stop = int(torch.randint(0, hp.esd_sampling_steps, (), generator=generator))
+        shape = (count, *self.latent_shape)
+        noise = torch.randn(shape, device=self.device) if generator is None else torch.randn(shape, generator=generator)
+        x = noise.to(self.device) * scheduler.init_noise_sigma
         concept = self.encode_condition([self.concept_prompt] * count)
         both = torch.cat([concept, self.encode_condition(self.null_condition(count))])
         w = hp.esd_sampling_guidance
