@@ -34,14 +34,8 @@ from lightning.pytorch import Callback, Trainer
 from PIL import Image
 
 from salun_lightning.diffusion import DiffusionDataModule, TextToImageDiffusion
+from sd_unet_salun import TOKENIZER, UNETS, sd_parts  # the same pipeline as the mask benchmark
 
-TOKENIZER = Path(__file__).resolve().parents[1] / "configs" / "diffusion" / "tiny_clip_tokenizer"
-UNETS = {
-    "sd": {"sample_size": 64, "cross_attention_dim": 768},  # diffusers' defaults are SD 1.x's otherwise
-    "tiny": {"sample_size": 8, "cross_attention_dim": 32, "block_out_channels": [32, 64],
-             "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "layers_per_block": 1, "norm_num_groups": 8},
-}
 THINGS = ["house", "tree", "dog", "cat", "boat", "car", "bird", "horse"]
 METHODS = {  # method: its arguments (and its batch size: None is --batch)
     "salun": ({"pseudo": "replace", "concept": "in sketch style", "alpha": 0.5, "lr": 1e-5}, None),
@@ -53,16 +47,10 @@ METHODS = {  # method: its arguments (and its batch size: None is --batch)
 def original(size: str, directory: Path) -> tuple[int, int]:
     """Save a random 'original' pipeline (SD 1.x UNet, small SD-shaped VAE and text encoder) into ``directory``;
     return the image side and the UNet's parameter count."""
-    unet = {"in_channels": 4, "out_channels": 4, **UNETS[size]}
-    width, side = unet["cross_attention_dim"], unet["sample_size"] * 2
-    vae = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [32, 32],
-           "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
-           "layers_per_block": 1, "norm_num_groups": 8, "sample_size": side}
-    text = {"vocab_size": 514, "hidden_size": width, "intermediate_size": width, "num_hidden_layers": 1,
-            "num_attention_heads": 8, "max_position_embeddings": 77, "bos_token_id": 512, "eos_token_id": 513,
-            "pad_token_id": 513}
+    parts = sd_parts(size)
+    side = parts["unet"]["sample_size"] * 2
     torch.manual_seed(0)
-    model = TextToImageDiffusion(method="train", unet=unet, vae=vae, text_encoder=text, tokenizer=str(TOKENIZER))
+    model = TextToImageDiffusion(method="train", **parts, tokenizer=str(TOKENIZER))
     model.tokenizer.model_max_length = 77  # Stable Diffusion's prompt length
     model.save_components(directory)
     return side, sum(p.numel() for p in model.unet.parameters())

@@ -36,7 +36,9 @@ UNETS = {
 }
 
 
-def build(size: str) -> TextToImageDiffusion:
+def sd_parts(size: str) -> dict[str, dict]:
+    """Config dicts of the benchmark's pipeline: the UNet of ``size`` (``sd``: Stable Diffusion 1.x's), with a small
+    VAE and a one-layer text encoder shaped to fit it (77 positions, the UNet's cross-attention width)."""
     unet = {"in_channels": 4, "out_channels": 4, **UNETS[size]}
     width = unet["cross_attention_dim"]
     vae = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [32, 32],
@@ -45,7 +47,11 @@ def build(size: str) -> TextToImageDiffusion:
     text = {"vocab_size": 514, "hidden_size": width, "intermediate_size": width, "num_hidden_layers": 1,
             "num_attention_heads": 8, "max_position_embeddings": 77, "bos_token_id": 512, "eos_token_id": 513,
             "pad_token_id": 513}
-    model = TextToImageDiffusion(method="train", unet=unet, vae=vae, text_encoder=text, tokenizer=str(TOKENIZER),
+    return {"unet": unet, "vae": vae, "text_encoder": text}
+
+
+def build(size: str) -> TextToImageDiffusion:
+    model = TextToImageDiffusion(method="train", **sd_parts(size), tokenizer=str(TOKENIZER),
                                  alpha=0.5, lr=1e-5, gradient_checkpointing=True, forget_class=0,
                                  class_names=[str(c) for c in range(10)],
                                  class_prompts=[f"an image of class {c}" for c in range(10)])

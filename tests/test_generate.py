@@ -21,6 +21,7 @@ from salun_lightning.diffusion import DiffusionDataModule, TextToImageDiffusion
 from salun_lightning.diffusion import generate as generation
 from salun_lightning.diffusion.generate import image_seed, weights_fingerprint
 from salun_lightning.runs import is_incomplete
+from tests import test_diffusion
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "configs" / "diffusion" / "tiny_clip_tokenizer"
@@ -42,13 +43,7 @@ FILES = ["test/forget/00000.png", "test/retain/00000.png", "train/forget/00000.p
          "train/forget/00002.png", "train/retain/00000.png", "train/retain/00001.png"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = test_diffusion.one_thread  # tiny models run fastest on one thread (autouse, module scope)
 
 
 @pytest.fixture(scope="module")
