@@ -511,18 +511,11 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             retain = self.denoising_loss(batch["retain"], dropout)
             loss = (forget if objective == "forget_retain" else -forget) + self.hparams.alpha * retain
             self.log_dict({"train/forget_loss": forget, "train/retain_loss": retain}, batch_size=size)
-        elif objective == "denoise":
-            size = len(batch["image"])
-            loss = self.denoising_loss(batch, dropout)
         else:
             size = len(batch["image"])
-            loss = self.concept_loss(batch)
+            loss = self.denoising_loss(batch, dropout)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
-
-    def concept_loss(self, batch: dict[str, Any]) -> Tensor:
-        """The loss of a concept-erasure method (objectives ``esd`` and ``fmn``): text-to-image models only."""
-        raise NotImplementedError(f"{type(self).__name__} has no concept-erasure methods (esd_x, esd_u, fmn).")
 
     def configure_callbacks(self) -> list[Callback]:
         if not self.spec.saliency:
@@ -939,8 +932,14 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
             record["concept_positions"] = self.concept_positions
         return record
 
-    def concept_loss(self, batch: dict[str, Any]) -> Tensor:
-        return self.esd_loss(self.hparams.esd_samples) if self.spec.objective == "esd" else self.fmn_loss(batch)
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """The concept-erasure objectives (``esd``, ``fmn``) here; the others as every diffusion model trains them."""
+        objective = self.spec.objective
+        if objective not in ("esd", "fmn"):
+            return super().training_step(batch, batch_idx)
+        loss = self.esd_loss(self.hparams.esd_samples) if objective == "esd" else self.fmn_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
 
     def _original(self) -> nn.Module:
         """The frozen copy on the denoiser's device and dtype (made now if no fit has made it)."""
