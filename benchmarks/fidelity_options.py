@@ -70,14 +70,13 @@ def main() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     sys.path.insert(0, str(Path(__file__).parent))
     from cifar_subset import build_subset
-    from memorising import CONFIGS, common_args, fit
+    from memorising import CONFIGS, common_args, fit, training_schedule
 
     from salun_lightning.cli import run as salun
 
     started = time.perf_counter()
     subset = build_subset(args.out / "data", 250, 100)
-    schedule = [f"--trainer.max_epochs={args.train_epochs}",
-                f"--model.init_args.lr_milestones=[{args.train_epochs // 2}, {3 * args.train_epochs // 4}]"]
+    schedule = training_schedule(args.train_epochs)
     original_dir = args.out / "original"
     fit("train", "random10", common_args(subset, original_dir, 0, args.model) + schedule)
     base = args.out / args.scenario / f"seed{args.seed}"

@@ -55,6 +55,11 @@ def common_args(subset: Path, root: Path, seed: int, model: str) -> list[str]:
     return cpu_protocol_args(subset, root, seed, model=model, augment=False)
 
 
+def training_schedule(epochs: int) -> list[str]:
+    """The original model's and retrain's schedule: ``epochs`` of SGD, x0.1 at half and three quarters."""
+    return [f"--trainer.max_epochs={epochs}", f"--model.init_args.lr_milestones=[{epochs // 2}, {3 * epochs // 4}]"]
+
+
 def fit(method: str, scenario: str, args: list[str]) -> dict:
     """Run ``salun fit`` (then its test) and return the run's metrics.
 
@@ -98,8 +103,7 @@ def main() -> None:
 
     started = time.perf_counter()
     subset = build_subset(args.out / "data", args.train_per_class, args.test_per_class)
-    schedule = [f"--trainer.max_epochs={args.train_epochs}",
-                f"--model.init_args.lr_milestones=[{args.train_epochs // 2}, {3 * args.train_epochs // 4}]"]
+    schedule = training_schedule(args.train_epochs)
     original_dir = args.out / "original"
     original = fit("train", "random10", common_args(subset, original_dir, 0, args.model) + schedule)
     forget_count = read_forget_set(original_dir)["count"]
