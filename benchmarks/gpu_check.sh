@@ -1,34 +1,45 @@
 #!/usr/bin/env bash
 # The one prepared check for a session with a GPU: run it first, as one command, then give the machine back.
 #
-#   bash benchmarks/gpu_check.sh          # on the GPU machine: at most BUDGET seconds (default 540)
+#   bash benchmarks/gpu_check.sh          # on the GPU machine: at most BUDGET seconds (default 570)
 #   bash benchmarks/gpu_check.sh --tiny   # the same steps on the CPU at toy size (under 3 minutes; a test runs it)
 #
 # Steps, each written to <OUT>/<step>.txt (OUT: the device tool's output folder, else runs/gpu_check), all printed
 # at the end with the device's name:
 #   1. device: the card (nvidia-smi), torch and Lightning versions;
 #   2. device_data: data on the device gives the host path's batches (indices, augmented images) under the seed;
-#   3. throughput: a salun epoch of the module against a plain PyTorch loop on the same device;
+#   3. protocol: benchmarks/paper_protocol.py (the paper's CIFAR-10 protocol, random 10%) with --parallel and a time
+#      budget (what is left of BUDGET less the two steps after it): a 2-epoch calibration chooses the epochs scale
+#      (at most PROTOCOL_SCALE, default 1.0), then its table beside the paper's and the original's and retrain's
+#      validation accuracy per epoch;
 #   4. sd_concept: concept erasure at Stable Diffusion 1.x scale (benchmarks/sd_concept_step.py): salun (pseudo
 #      "replace", its mask at fit start), esd_x and fmn through TextToImageDiffusion and the Trainer with the SD 1.x
 #      UNet (random weights; VAE and text encoder SD-shaped but small), bf16 autocast and gradient checkpointing: a
 #      warm-up step, then two timed steps each, with the peak CUDA memory (--tiny: toy size on the CPU);
-#   5. protocol: benchmarks/paper_protocol.py (the paper's CIFAR-10 protocol, random 10%), scaled by
-#      PROTOCOL_SCALE (default 1.0), within what is left of the budget, with its table beside the paper's.
-# Python packages missing on the device machine (diffusers, jsonargparse) are installed from .whl/ when present;
+#   5. throughput: a salun epoch of the module against a plain PyTorch loop on the same device.
+# The runs are written under RUNS_DIR (default <OUT>/runs with --tiny, else /tmp/gpu_check_runs, outside the folder
+# the device tool sends back); their small files (metrics, per-epoch CSV logs, logs, report) come back as
+# <OUT>/runs_small.tar.gz.
+# Python packages missing on the device machine (diffusers, jsonargparse) are installed from .whl/ when present, and
+# the project itself into /tmp/site when it is not installed (callbacks/ is the package salun_lightning.callbacks);
 # the CIFAR-10 archive is read from ARCHIVE (default data/cifar10-jpg.tar.gz, else ../shared/data/...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TINY=0
 if [[ "${1:-}" == "--tiny" ]]; then TINY=1; fi
 OUT_DIR="${OUT:-runs/gpu_check}"
-mkdir -p "$OUT_DIR"
+if [[ $TINY == 1 ]]; then RUNS_DIR="${RUNS_DIR:-$OUT_DIR/runs}"; else RUNS_DIR="${RUNS_DIR:-/tmp/gpu_check_runs}"; fi
+mkdir -p "$OUT_DIR" "$RUNS_DIR"
 PY="${PYTHON:-python3}"
-BUDGET="${BUDGET:-540}"
+BUDGET="${BUDGET:-570}"
 STARTED=$SECONDS
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:-}${PYTHONPATH:+:}$PWD"
 if [[ -d .whl ]] && ls .whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+if ! "$PY" -P -c "import salun_lightning.callbacks" 2>/dev/null; then  # a checkout without its install (the device)
+  "$PY" -m pip install -q --no-deps --no-index --no-build-isolation --no-compile --target /tmp/site . \
     && export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
 ARCHIVE="${ARCHIVE:-data/cifar10-jpg.tar.gz}"
@@ -50,7 +61,7 @@ print('torch', torch.__version__, 'lightning', lightning.__version__)
 print('device:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU (no CUDA)')
 print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout if torch.cuda.is_available() else '')"
 
-step device_data 120 "$PY" - <<'EOF'
+step device_data 120 "$PY" -P - <<'EOF'
 import torch
 from lightning.pytorch import Trainer
 from salun_lightning import UnlearningDataModule
@@ -75,19 +86,24 @@ print(f"data on {accelerator}: the host path's batches (indices and augmented im
 EOF
 
 if [[ $TINY == 1 ]]; then
-  step throughput 120 "$PY" benchmarks/throughput.py --tiny --rounds 1 --workers 0 --accelerator cpu \
-    --out "$OUT_DIR/throughput_runs"
+  step protocol 240 "$PY" benchmarks/paper_protocol.py --tiny --parallel --budget 200 --out "$RUNS_DIR/protocol"
   step sd_concept 60 "$PY" benchmarks/sd_concept_step.py --size tiny
-  step protocol 120 "$PY" benchmarks/paper_protocol.py --tiny --out "$OUT_DIR/protocol_runs"
+  step throughput 120 "$PY" benchmarks/throughput.py --tiny --rounds 1 --workers 0 --accelerator cpu \
+    --out "$RUNS_DIR/throughput"
 else
-  step throughput 150 "$PY" benchmarks/throughput.py --model resnet18 --precision bf16-mixed --rounds 2 \
-    --workers 8 --train-per-class 4500 --out "$OUT_DIR/throughput_runs"
-  step sd_concept 240 "$PY" benchmarks/sd_concept_step.py --size sd --batch 4 --steps 2
-  step protocol "$(left)" "$PY" benchmarks/paper_protocol.py --scenario random10 --seeds 0 \
-    --epochs-scale "${PROTOCOL_SCALE:-1.0}" --archive "$ARCHIVE" --out "$OUT_DIR/protocol_runs"
+  AFTER=230  # seconds kept for sd_concept (130) and throughput (100)
+  PROTOCOL_BUDGET=$(( $(left) - AFTER - 20 ))
+  step protocol $((PROTOCOL_BUDGET + 20)) "$PY" benchmarks/paper_protocol.py --scenario random10 --seeds 0 --parallel \
+    --budget "$PROTOCOL_BUDGET" --epochs-scale "${PROTOCOL_SCALE:-1.0}" --archive "$ARCHIVE" --out "$RUNS_DIR/protocol"
+  step sd_concept "$(( $(left) - 100 < 130 ? $(left) - 100 : 130 ))" "$PY" benchmarks/sd_concept_step.py --size sd \
+    --batch 4 --steps 2
+  step throughput "$(left)" "$PY" benchmarks/throughput.py --model resnet18 --precision bf16-mixed --rounds 2 \
+    --workers 8 --train-per-class 4500 --archive "$ARCHIVE" --out "$RUNS_DIR/throughput"
 fi
+tar czf "$OUT_DIR/runs_small.tar.gz" --exclude='*.safetensors' --exclude='*.ckpt' --exclude='*.png' --exclude='*.jpg' \
+  -C "$RUNS_DIR" protocol 2>/dev/null
 
-for name in device device_data throughput sd_concept protocol; do
+for name in device device_data protocol sd_concept throughput; do
   echo
   echo "######## $name"
   cat "$OUT_DIR/$name.txt"

@@ -45,7 +45,7 @@ from salun_lightning.labels import random_other_labels
 from salun_lightning.models import build_classifier, load_weights, save_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cifar_subset import build_subset  # noqa: E402
+from cifar_subset import ARCHIVE, build_subset  # noqa: E402
 
 BATCH = 256
 
@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--model", default="small_resnet")
     parser.add_argument("--train-per-class", type=int, default=500)
     parser.add_argument("--out", type=Path, default=Path("runs/throughput"))
+    parser.add_argument("--archive", type=Path, default=ARCHIVE, help="the CIFAR-10 JPEG archive")
     parser.add_argument("--accelerator", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="32-true", help="32-true or bf16-mixed")
     parser.add_argument("--tiny", action="store_true", help="a small synthetic image folder: a check of the script")
@@ -147,7 +148,7 @@ def main() -> None:
     if args.tiny:
         subset = synthetic_folder(args.out / "synthetic", per_class=min(args.train_per_class, 30))
     else:
-        subset = build_subset(args.out / "data", args.train_per_class, 10)
+        subset = build_subset(args.out / "data", args.train_per_class, 10, args.archive)
     cache = args.out / "cache"
     with tempfile.TemporaryDirectory() as tmp:
         weights, mask = Path(tmp) / "model.safetensors", Path(tmp) / "mask.safetensors"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +27,31 @@ def test_gpu_check_tiny_runs_every_step_and_prints_them(tmp_path):
     assert "ratio module / plain loop:" in result.stdout
     assert re.search(r"\| salun \| (\d+\.\d\d) / 2\.85 / [+-]\d+\.\d\d \|", result.stdout)  # the paper's UA beside ours
     assert "| retrain | digits: random 10% |" in result.stdout
+    assert re.search(r"calibration: \d+\.\d\d s per epoch, \d+ s per fit besides; .*: epochs scale ", result.stdout)
     for method in ("salun", "esd_x", "fmn"):  # a warm-up step, then two timed steps through the Trainer
         assert re.search(rf"^{method}: batch \d+; warm-up step \d+\.\d+ s; steps \d+\.\d+, \d+\.\d+ s \(median "
                          rf"\d+\.\d+ s\); peak CUDA memory none \(CPU\)", result.stdout, re.MULTILINE), method
         assert re.search(rf"^\| {method} \| \d+ \| \d+\.\d+ \| - \|$", result.stdout, re.MULTILINE), method
     assert "mask (at fit start) and setup" in result.stdout
+
+
+def load_paper_protocol():
+    spec = importlib.util.spec_from_file_location("paper_protocol", ROOT / "benchmarks" / "paper_protocol.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_protocol_budget_scale_fits_the_time_left():
+    protocol = load_paper_protocol()
+    # random 10%: salun and rl 10 epochs over D_f + D_r, ft and l1_sparse 10 over D_r (0.9), ga 5 over D_f (0.1)
+    assert protocol.unlearning_epoch_units("random10") == pytest.approx(10 + 10 + 9 + 9 + 0.5)
+    assert protocol.unlearning_epoch_units("random50") == pytest.approx(10 + 10 + 5 + 5 + 2.5)
+    units = protocol.unlearning_epoch_units("random10")
+    scale = protocol.budget_scale(300, epoch_s=2.0, overhead_s=10, units=units, seeds=1)
+    # the scaled protocol's estimate (two phases' fixed time, 182 epochs, the methods at two epochs per epoch_s)
+    # takes 90% of the budget, to the rounding
+    assert 2 * 10 + scale * 2.0 * (182 + units / 2) == pytest.approx(0.9 * 300, abs=0.5)
+    assert protocol.budget_scale(300, epoch_s=2.0, overhead_s=10, units=units, seeds=2) < scale / 2
+    assert protocol.budget_scale(10**6, epoch_s=2.0, overhead_s=10, units=units, seeds=1) == 1.0
+    assert protocol.budget_scale(15, epoch_s=2.0, overhead_s=10, units=units, seeds=1) == 0.0
