@@ -92,3 +92,39 @@ def test_nan_is_an_error():
 def test_integer_saliency_is_an_error():
     with pytest.raises(ValueError, match="has dtype torch.int64; give a floating-point tensor"):
         saliency_mask({"w": torch.arange(4)}, 0.5)
+
+
+def _sharded_worker(rank: int, world_size: int, store: str, cases: list, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        masks = [saliency_mask(parts[rank], ratio, group=dist.group.WORLD) for parts, ratio in cases]
+        torch.save(masks, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_selection_over_two_gloo_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    generator = torch.Generator().manual_seed(7)
+    whole = {"a": torch.rand(1000, generator=generator), "b": torch.randn(37, 3, generator=generator)}
+    continuous = [{"a": whole["a"][:400], "b": whole["b"][:20]}, {"a": whole["a"][400:], "b": whole["b"][20:]}]
+    tied = [{"a": torch.tensor([2.0, 1.0, 1.0, 0.0]), "b": torch.tensor([1.0, 3.0])},
+            {"a": torch.tensor([1.0, 1.0, 2.0]), "b": torch.zeros(0), "c": torch.tensor([1.0, 0.0])}]
+    mp.spawn(_sharded_worker, args=(2, str(tmp_path / "store"), [(continuous, 0.3), (tied, 0.5)], str(tmp_path)),
+             nprocs=2, join=True)
+    (continuous0, tied0), (continuous1, tied1) = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+
+    # signed values without ties: the mask of the union, computed by one process, whatever the split
+    expected = saliency_mask(whole, 0.3)
+    assert torch.equal(torch.cat([continuous0["a"], continuous1["a"]]), expected["a"])
+    assert torch.equal(torch.cat([continuous0["b"], continuous1["b"]]), expected["b"])
+
+    # N = 11, k = floor(0.5 * 11) = 5: the 3.0 and the two 2.0 values, then 2 of the six 1.0 values: rank 0's
+    # first two in (tensor, index) order, although rank 1 also holds 1.0 values (and an empty tensor)
+    assert tied0["a"].tolist() == [True, True, True, False]
+    assert tied0["b"].tolist() == [False, True]
+    assert tied1["a"].tolist() == [False, False, True]
+    assert tied1["b"].numel() == 0 and tied1["c"].tolist() == [False, False]
