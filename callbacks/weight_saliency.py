@@ -29,12 +29,17 @@ from typing import Any, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, Sampler
+
+try:  # FSDP2 shards parameters as DTensors (torch >= 2.5)
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+except ImportError:  # pragma: no cover - a torch without distributed support
+    DTensor = Shard = distribute_tensor = None
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +290,7 @@ def _tensors(batch: Any) -> Iterator[Tensor]:
 
 
 def _hash_tensor(digest: Any, tensor: Tensor) -> None:
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    flat = _full(tensor.detach()).to("cpu").contiguous().reshape(-1)
     digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
     digest.update(flat.view(torch.uint8).numpy())
 
@@ -434,6 +439,13 @@ class WeightSaliencyCallback(Callback):
     non-salient elements are also restored to their starting values after every real optimizer step and their
     optimizer-state entries (momentum buffers, Adam moments) zeroed, so they never move.
 
+    Sharded training (FSDP2): with ``ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1)`` and
+    ``fully_shard`` applied in the module's ``configure_model``, every rank accumulates saliency on its own shards,
+    the selection all-reduces histograms (:func:`saliency_mask` with a process group: the same mask as one process),
+    and :attr:`mask`, the starting values and the masking stay per shard. :meth:`full_mask` gathers the whole mask
+    (every rank must call it); mask files and checkpoints hold the whole mask, which loads back into the shards.
+    ``FSDPStrategy`` (FSDP1's flat parameters) and DeepSpeed are refused.
+
     Args:
         ratio: fraction of the selected weights to train, in ``(0, 1]`` (paper: 0.5).
         forget_dataloader: the forget data. Default: ``trainer.datamodule.forget_dataloader()``.
@@ -546,6 +558,8 @@ class WeightSaliencyCallback(Callback):
         self._partial: list[tuple[Tensor, Tensor, Optional[Tensor]]] = []
         self._frozen: list[Tensor] = []  # parameters with no salient element
         self._hook_handles: list[Any] = []
+        self._sharded = False  # FSDP2: the selected parameters are DTensors, and mask holds this rank's shards
+        self._sharded_params: dict[str, Tensor] = {}
 
     @property
     def state_key(self) -> str:
@@ -555,11 +569,13 @@ class WeightSaliencyCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+        supported = isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy))
+        if not supported or isinstance(trainer.strategy, DeepSpeedStrategy):  # DeepSpeed's class derives from DDP's
             raise MisconfigurationException(
-                f"WeightSaliencyCallback supports single-device and DDP strategies, not "
-                f"{type(trainer.strategy).__name__}: sharded strategies (FSDP, DeepSpeed) split parameters across "
-                "ranks, which the mask does not handle yet. Use strategy='ddp' (or 'ddp_spawn')."
+                f"WeightSaliencyCallback supports single-device, DDP and ModelParallelStrategy (FSDP2) strategies, not "
+                f"{type(trainer.strategy).__name__}: for sharded training apply FSDP2's fully_shard in the module's "
+                "configure_model and use strategy=ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1)"
+                "; FSDPStrategy (FSDP1's flat parameters) and DeepSpeed are not supported."
             )
         if self.mask_path is None and trainer.ckpt_path is None and not self._has_forget_data(trainer):
             raise MisconfigurationException(_NO_FORGET_DATA)
@@ -573,21 +589,30 @@ class WeightSaliencyCallback(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         selected = self._selected_parameters(pl_module)
+        self._sharded = _check_sharding(selected, trainer.world_size)
         if self._restored_mask is not None:
             mask, source = self._restored_mask, "checkpoint"
             self._check_mask_matches(mask, selected, source)
+            mask = {name: _local_part(mask[name], param) for name, param in selected.items()}
         elif self.mask_path is not None:
             mask, source = self._load_checked_mask(trainer, selected), f"mask_path {self.mask_path!r}"
+            mask = {name: _local_part(mask[name], param) for name, param in selected.items()}
         else:
-            mask, source = saliency_mask(self.compute_saliency(trainer, pl_module, selected), self.ratio), "forget set"
-            keys = _PROVENANCE_KEYS if self._saving(trainer) else ()  # hashes only for a mask file
-            self._provenance = self._run_provenance(trainer, selected, keys)
-        self.mask = {name: mask[name].to(param.device, torch.bool) for name, param in selected.items()}
+            group = torch.distributed.group.WORLD if self._sharded else None
+            saliency = self.compute_saliency(trainer, pl_module, selected)
+            mask, source = saliency_mask(saliency, self.ratio, group=group), "forget set"
+            # hashes only for a mask file; of sharded weights on every rank (gathering them takes all ranks)
+            writing = self._saving(trainer) or (self._sharded and self.save_mask_path is not None)
+            self._provenance = self._run_provenance(trainer, selected, _PROVENANCE_KEYS if writing else ())
+        # this rank's part of every mask (all of it unless the parameters are sharded)
+        self.mask = {name: mask[name].to(_local(param).device, torch.bool) for name, param in selected.items()}
         self._restored_mask = None
         self._prepare_masking(pl_module)
         self._record_stats(trainer, pl_module, source)
-        if self._saving(trainer):
-            save_mask(self.save_mask_path, self.mask, self._file_metadata(pl_module))
+        if self.save_mask_path is not None:
+            full = self.full_mask()  # every rank takes part in gathering a sharded mask
+            if self._saving(trainer):
+                save_mask(self.save_mask_path, full, self._file_metadata(pl_module))
         trainer.strategy.barrier("weight_saliency_mask")
         if self.freeze_non_salient:
             for optimizer in trainer.optimizers:
@@ -602,7 +627,7 @@ class WeightSaliencyCallback(Callback):
         grads, masks = [], []
         for param, mask, _ in self._partial:
             if param.grad is not None:
-                grads.append(_bits(param.grad))
+                grads.append(_bits(_local(param.grad)))
                 masks.append(mask)
         if grads:
             torch._foreach_mul_(grads, masks)  # on the bits: exact +0.0 where masked, untouched elsewhere
@@ -617,8 +642,15 @@ class WeightSaliencyCallback(Callback):
         self._remove_hooks()
 
     def state_dict(self) -> dict[str, Any]:
-        mask = {name: m.detach().cpu() for name, m in self.mask.items()}
+        mask = {name: m.detach().cpu() for name, m in self.full_mask().items()}
         return {"mask": mask, "ratio": self.ratio, "provenance": dict(self._provenance)}
+
+    def full_mask(self) -> dict[str, Tensor]:
+        """The whole mask of every selected parameter: :attr:`mask` itself, or under FSDP2 (where :attr:`mask`
+        holds this rank's shard of each) gathered from all ranks; every rank must call it then."""
+        if not self._sharded:
+            return dict(self.mask)
+        return {name: _gathered(self.mask[name], self._sharded_params[name]) for name in self.mask}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("mask"):
@@ -629,12 +661,20 @@ class WeightSaliencyCallback(Callback):
     def compute_saliency(
         self, trainer: Trainer, pl_module: LightningModule, selected: Mapping[str, torch.nn.Parameter]
     ) -> dict[str, Tensor]:
-        """Return ``|sum over forget samples of grad loss|`` per selected parameter, summed across ranks."""
+        """Return ``|sum over forget samples of grad loss|`` per selected parameter, summed across ranks.
+
+        Under FSDP2 (parameters sharded as DTensors) each rank returns its shards' part, from the gradients that the
+        backward pass reduce-scatters (averaged over ranks: the same ranking as the sum).
+        """
         loader = self._shard(self._resolve_forget_dataloader(trainer), trainer)
         loss_fn, _ = self._resolve_loss(pl_module)
         params = list(selected.values())
-        flat = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=pl_module.device)
-        views = list(torch.split(flat, [p.numel() for p in params]))
+        sharded = _check_sharding(selected, trainer.world_size)
+        sizes = [_local(p).numel() for p in params]
+        flat = torch.zeros(sum(sizes), dtype=torch.float32, device=_local(params[0]).device)
+        views = list(torch.split(flat, sizes))
+        if sharded:
+            pl_module.zero_grad(set_to_none=True)
         samples, bad_batch = 0, -1
         with torch.enable_grad(), _eval_mode(pl_module), _logging_disabled(pl_module):
             for batch_idx, batch in enumerate(loader):
@@ -648,7 +688,12 @@ class WeightSaliencyCallback(Callback):
                 if not isinstance(loss, Tensor) or loss.numel() != 1 or not bool(torch.isfinite(loss.detach())):
                     bad_batch, bad_loss = batch_idx, loss
                     break
-                grads = torch.autograd.grad(loss.reshape(()) * batch_size, params, allow_unused=True)
+                if sharded:  # FSDP2 reduce-scatters the gradients into the shards' .grad
+                    (loss.reshape(()) * batch_size).backward()
+                    grads = [None if p.grad is None else _local(p.grad) for p in params]
+                    pl_module.zero_grad(set_to_none=True)
+                else:
+                    grads = torch.autograd.grad(loss.reshape(()) * batch_size, params, allow_unused=True)
                 for view, grad in zip(views, grads):
                     if grad is not None:
                         view.add_(grad.reshape(-1))
@@ -665,10 +710,10 @@ class WeightSaliencyCallback(Callback):
             raise ValueError("the saliency loss was not a finite scalar on another rank; see that rank's error.")
         if status[0] == 0:
             raise ValueError("the forget dataloader is empty: the saliency mask needs at least one forget sample.")
-        if trainer.world_size > 1:
+        if trainer.world_size > 1 and not sharded:
             torch.distributed.all_reduce(flat)
         pl_module.zero_grad(set_to_none=True)
-        return {name: view.view_as(p).abs_() for (name, p), view in zip(selected.items(), views)}
+        return {name: view.view_as(_local(p)).abs_() for (name, p), view in zip(selected.items(), views)}
 
     def _precision_context(self, trainer: Trainer, pl_module: LightningModule) -> contextlib.AbstractContextManager:
         """The Trainer's precision context, or for ``float32`` one with autocast off (mixed precision disabled)."""
@@ -782,15 +827,23 @@ class WeightSaliencyCallback(Callback):
         return renamed
 
     def _prepare_masking(self, pl_module: LightningModule) -> None:
+        """Sort the parameters into frozen (no salient element on any rank) and partial ones (this rank's part)."""
         params = {name: p for name, p in pl_module.named_parameters() if p.requires_grad}
         self._partial, self._frozen = [], []
+        self._sharded_params = {name: params[name] for name in self.mask} if self._sharded else {}
+        kept = {name: mask.sum() for name, mask in self.mask.items()}
+        if self._sharded:  # whether a parameter has salient elements is decided over all its shards
+            counts = torch.stack(list(kept.values())) if kept else torch.zeros(0, dtype=torch.int64)
+            torch.distributed.all_reduce(counts)
+            kept = dict(zip(kept, counts))
         for name, param in params.items():
             mask = self.mask.get(name)
-            if mask is None or not bool(mask.any()):
+            if mask is None or not bool(kept[name] > 0):
                 self._frozen.append(param)
             elif not bool(mask.all()):
-                _bits(param)  # fail now on a dtype without an integer view
-                start = torch.where(mask, 0, param.detach()) if self.freeze_non_salient else None
+                local = _local(param)
+                _bits(local)  # fail now on a dtype without an integer view
+                start = torch.where(mask, 0, local.detach()) if self.freeze_non_salient else None
                 self._partial.append((param, mask, start))
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -802,12 +855,12 @@ class WeightSaliencyCallback(Callback):
         params, starts, states, state_masks, masks = [], [], [], [], []
         with torch.no_grad():
             for param, mask, start in self._partial:
-                params.append(_bits(param.data))
+                params.append(_bits(_local(param.data)))
                 starts.append(_bits(start))
                 masks.append(mask)
                 for value in optimizer.state.get(param, {}).values():
                     if isinstance(value, Tensor) and value.shape == param.shape:
-                        states.append(_bits(value))
+                        states.append(_bits(_local(value)))
                         state_masks.append(mask)
             if params:
                 torch._foreach_mul_(params, masks)
@@ -822,14 +875,19 @@ class WeightSaliencyCallback(Callback):
 
     # ------------------------------------------------------------------------------------------------ reporting
     def _record_stats(self, trainer: Trainer, pl_module: LightningModule, source: str) -> None:
-        total = sum(m.numel() for m in self.mask.values())
+        total = sum(p.numel() for p in self._sharded_params.values()) or sum(m.numel() for m in self.mask.values())
         kept = {name: int(m.sum()) for name, m in self.mask.items()}
+        if self._sharded:
+            counts = torch.tensor(list(kept.values()), dtype=torch.int64, device=next(iter(self.mask.values())).device)
+            torch.distributed.all_reduce(counts)
+            kept = {name: int(count) for name, count in zip(kept, counts)}
+        sizes = {name: (self._sharded_params[name] if self._sharded else m).numel() for name, m in self.mask.items()}
         overall = sum(kept.values()) / total
         self.saliency_stats = {
             "kept_fraction": overall,
             "kept": sum(kept.values()),
             "total": total,
-            "per_parameter": {name: kept[name] / m.numel() for name, m in self.mask.items()},
+            "per_parameter": {name: kept[name] / sizes[name] for name in self.mask},
         }
         for logger in trainer.loggers:
             logger.log_metrics({"saliency/kept_fraction": overall}, step=trainer.global_step)
@@ -971,3 +1029,54 @@ def _describe(loss: Any) -> str:
     if isinstance(loss, Tensor):
         return f"a tensor of shape {tuple(loss.shape)}" if loss.numel() != 1 else f"{loss.item()}"
     return f"{type(loss).__name__}"
+
+
+def _local(tensor: Tensor) -> Tensor:
+    """This rank's part of a DTensor (FSDP2's sharded parameters, gradients and optimizer states): the local tensor,
+    which shares its storage; any other tensor as it is."""
+    return tensor.to_local() if DTensor is not None and isinstance(tensor, DTensor) else tensor
+
+
+def _full(tensor: Tensor) -> Tensor:
+    """The whole of a DTensor, gathered from its ranks (every rank must call it); any other tensor as it is."""
+    return tensor.full_tensor() if DTensor is not None and isinstance(tensor, DTensor) else tensor
+
+
+def _check_sharding(selected: Mapping[str, Tensor], world_size: int) -> bool:
+    """Whether the selected parameters are sharded (FSDP2's DTensors); raise when only some are, or when their
+    shards are not disjoint parts over all ranks (replicated dimensions, as in HSDP)."""
+    sharded = [name for name, param in selected.items() if DTensor is not None and isinstance(param, DTensor)]
+    if not sharded:
+        return False
+    plain = [name for name in selected if name not in sharded]
+    if plain:
+        raise MisconfigurationException(
+            f"WeightSaliencyCallback: {len(plain)} selected parameters are not sharded (for example {plain[0]!r}) "
+            f"while {len(sharded)} are: apply fully_shard to the whole model in configure_model (or select only "
+            "sharded parameters with parameters=...)."
+        )
+    for name in sharded:
+        param = selected[name]
+        if param.device_mesh.size() != world_size or not all(isinstance(p, Shard) for p in param.placements):
+            raise MisconfigurationException(
+                f"WeightSaliencyCallback: parameter {name!r} is placed {param.placements} over a mesh of "
+                f"{param.device_mesh.size()} of {world_size} ranks; the mask needs every parameter sharded over all "
+                "ranks (fully_shard over one data-parallel mesh dimension), not replicated (HSDP)."
+            )
+    return True
+
+
+def _local_part(full: Tensor, param: Tensor) -> Tensor:
+    """This rank's part of a whole mask, laid out as the parameter is (no communication)."""
+    if DTensor is None or not isinstance(param, DTensor):
+        return full
+    part = distribute_tensor(full.to(device=_local(param).device, dtype=torch.uint8), param.device_mesh,
+                             param.placements, src_data_rank=None)
+    return part.to_local().to(torch.bool)
+
+
+def _gathered(local_mask: Tensor, param: Tensor) -> Tensor:
+    """The whole mask of a sharded parameter from every rank's part (gloo has no bool collectives: uint8)."""
+    part = DTensor.from_local(local_mask.to(torch.uint8), param.device_mesh, param.placements, run_check=False,
+                              shape=param.shape, stride=param.stride())
+    return part.full_tensor().to(torch.bool)

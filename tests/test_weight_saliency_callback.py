@@ -647,12 +647,15 @@ def test_a_tied_parameter_is_selected_by_any_of_its_names():
         assert torch.equal(model.get_parameter(name), start[name]), name
 
 
-def test_unsupported_strategy_error():
-    from lightning.pytorch.strategies import FSDPStrategy
+@pytest.mark.parametrize("strategy", ["FSDPStrategy", "DeepSpeedStrategy"])
+def test_unsupported_strategy_error(strategy):
+    import lightning.pytorch.strategies as strategies
 
+    cls = getattr(strategies, strategy)
     callback = WeightSaliencyCallback(forget_dataloader=DataLoader(make_dataset(8, 1)))
-    with pytest.raises(MisconfigurationException, match="supports single-device and DDP strategies, not FSDPStrategy"):
-        callback.setup(type("T", (), {"strategy": FSDPStrategy.__new__(FSDPStrategy)})(), PlainClassifier(), "fit")
+    with pytest.raises(MisconfigurationException, match=rf"DDP and ModelParallelStrategy \(FSDP2\) strategies, not "
+                                                        rf"{strategy}: .*fully_shard.*DeepSpeed are not supported"):
+        callback.setup(type("T", (), {"strategy": cls.__new__(cls)})(), PlainClassifier(), "fit")
 
 
 @pytest.mark.parametrize(("saliency_precision", "dtype"), [("float32", torch.float32), ("trainer", torch.bfloat16)])
