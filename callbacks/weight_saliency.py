@@ -178,7 +178,8 @@ def saliency_mask(saliency: Mapping[str, Tensor], ratio: float, group: Any = Non
     device = _counts_device(flats, group)
     total = int(_all_reduce(torch.tensor([sum(flat.numel() for flat in flats)], device=device), group))
     keep = kept_count(ratio, total)
-    masks = {name: torch.zeros(values.shape, dtype=torch.bool, device=values.device) for name, values in saliency.items()}
+    masks = {name: torch.zeros_like(values, dtype=torch.bool, memory_format=torch.contiguous_format)
+             for name, values in saliency.items()}
     if keep == 0:
         return masks
     if keep == total:
@@ -220,7 +221,8 @@ def saliency_mask(saliency: Mapping[str, Tensor], ratio: float, group: Any = Non
     threshold = (high_key << 16) | low_bin
     ties_to_keep = keep - above - above_low
     if group is not None:  # ties go to lower ranks first: skip the ties that ranks before this one hold
-        ties = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(torch.distributed.get_world_size(group))]
+        ranks = torch.distributed.get_world_size(group)
+        ties = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(ranks)]
         torch.distributed.all_gather(ties, local_counts[low_bin : low_bin + 1], group=group)
         before = sum(int(count) for count in ties[: torch.distributed.get_rank(group)])
         ties_to_keep = min(max(ties_to_keep - before, 0), int(local_counts[low_bin]))
