@@ -6,7 +6,9 @@ of a <thing> in sketch style", retain images "a photo of a <thing>". ``salun``: 
 without "in sketch style"), its mask computed from the forget set at fit start; ``esd_x``: concept prompt "sketch
 style" (ESD's 50 sampling steps, batch 1); ``fmn``: concept "sketch" in "in sketch style". Every method starts from the
 same random "original" model and takes one warm-up step and then ``--steps`` steps; each step's seconds and peak
-CUDA memory (allocated, reset at every step) are printed, and salun's mask time.
+CUDA memory (allocated, reset at every step) are printed, and for salun the saliency pass per forget batch and the
+selection (``WeightSaliencyCallback.saliency_stats``). ``--checkpointing both`` runs every method with the
+denoiser's gradient checkpointing on and off (off is faster where memory allows).
 
 Parts: the UNet is Stable Diffusion 1.x's (``--size sd``: diffusers' ``UNet2DConditionModel`` defaults, which are SD
 1.x's, with 64x64x4 latents and 768-wide text states, about 860M parameters); the VAE and the text encoder only feed
@@ -14,7 +16,7 @@ it and are SD-shaped but small (a 2-level ``AutoencoderKL`` with 4 latent channe
 latents; a one-layer CLIP text encoder, 768 wide, 77 positions, byte-level tokenizer). ``--size tiny`` runs the same
 on the CPU at toy size (``benchmarks/gpu_check.sh --tiny``). The denoiser is not saved at the end of a fit (3.4 GB).
 
-    python benchmarks/sd_concept_step.py [--size sd] [--batch 4] [--steps 2]
+    python benchmarks/sd_concept_step.py [--size sd] [--batch 4] [--steps 2] [--checkpointing on|off|both]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from PIL import Image
 
+from salun_lightning.callbacks import WeightSaliencyCallback
 from salun_lightning.diffusion import DiffusionDataModule, TextToImageDiffusion
 from sd_unet_salun import TOKENIZER, UNETS, sd_parts  # the same pipeline as the mask benchmark
 
@@ -108,14 +111,15 @@ class StepClock(Callback):
         self.steps.append((seconds, peak))
 
 
-def run(method: str, pretrained: Path, folder: Path, side: int, args: argparse.Namespace, root: Path) -> dict:
+def run(method: str, pretrained: Path, folder: Path, side: int, args: argparse.Namespace, root: Path,
+        checkpointing: bool) -> dict:
     """One method: warm-up step plus ``args.steps`` steps through the Trainer; their seconds and peak memory."""
     arguments, batch = METHODS[method]
     cuda = torch.cuda.is_available()
     data = DiffusionDataModule("image_folder", data_path=str(folder), prompts_csv=str(folder / "prompts.csv"),
                                cache_dir=str(root / "cache"), forget_class="sketch", image_size=side, channels=3,
                                batch_size=batch or args.batch)
-    model = TextToImageDiffusion(method=method, pretrained=str(pretrained), gradient_checkpointing=cuda,
+    model = TextToImageDiffusion(method=method, pretrained=str(pretrained), gradient_checkpointing=checkpointing,
                                  class_names=data.class_names, forget_class="sketch", **arguments)
     model.save_components = lambda directory: None  # no 3.4 GB denoiser on disk per method
     data.hparams.stream = model.train_stream  # as the salun command line links it
@@ -125,12 +129,21 @@ def run(method: str, pretrained: Path, folder: Path, side: int, args: argparse.N
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, data)
     timed = clock.steps[1:]  # after the warm-up step
-    record = {"method": method, "batch": batch or args.batch, "first_step_s": clock.steps[0][0],
+    record = {"method": method, "checkpointing": checkpointing, "batch": batch or args.batch,
+              "first_step_s": clock.steps[0][0],
               "steps_s": [s for s, _ in timed], "median_s": statistics.median(s for s, _ in timed),
               "peak_gib": max(p for _, p in clock.steps), "before_first_step_s": clock.before_first}
-    extra = f"; mask (at fit start) and setup {clock.before_first:.2f} s" if method == "salun" else ""
+    extra = ""
+    saliency = next((c for c in trainer.callbacks if isinstance(c, WeightSaliencyCallback)), None)
+    if saliency is not None:
+        batches = len(data.forget_dataloader())
+        record.update(forget_batches=batches, saliency_s=saliency.saliency_stats["saliency_seconds"],
+                      selection_s=saliency.saliency_stats["selection_seconds"])
+        extra = (f"; mask at fit start: saliency pass {record['saliency_s'] / batches:.2f} s per forget batch "
+                 f"({batches} batches, the first CUDA work included), selection {record['selection_s']:.3f} s; "
+                 f"fit start to first step {clock.before_first:.2f} s")
     memory = f"{record['peak_gib']:.1f} GiB" if cuda else "none (CPU)"
-    print(f"{method}: batch {record['batch']}; warm-up step {record['first_step_s']:.2f} s; steps "
+    print(f"{method} (checkpointing {'on' if checkpointing else 'off'}): batch {record['batch']}; warm-up step {record['first_step_s']:.2f} s; steps "
           f"{', '.join(f'{s:.3f}' for s in record['steps_s'])} s (median {record['median_s']:.3f} s); peak CUDA "
           f"memory {memory}{extra}", flush=True)
     del model, trainer
@@ -145,6 +158,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="images per forget (and retain) batch of salun and fmn")
     parser.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up step")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--checkpointing", choices=("on", "off", "both"), default="on",
+                        help="the denoiser's gradient checkpointing (both: every method with it on, then off)")
     args = parser.parse_args()
     if args.size == "tiny":
         torch.set_num_threads(1)
@@ -158,13 +173,15 @@ def main() -> None:
         folder = image_folder(root / "images", side, 2 * args.batch)
         print(f"device: {device}; torch {torch.__version__}; UNet '{args.size}': {count:,} parameters, "
               f"{side // 2}x{side // 2}x4 latents; SD-shaped small VAE and one-layer text encoder; "
-              f"{'bf16 autocast, gradient checkpointing' if cuda else 'float32'}; parts built and saved in "
+              f"{'bf16 autocast' if cuda else 'float32'}; parts built and saved in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
-        records = [run(method, pretrained, folder, side, args, root) for method in args.methods]
-    print("\n| method | batch | median step s | peak CUDA GiB |\n| --- | ---: | ---: | ---: |")
+        settings = {"on": [True], "off": [False], "both": [True, False]}[args.checkpointing]
+        records = [run(method, pretrained, folder, side, args, root, checkpointing)
+                   for checkpointing in settings for method in args.methods]
+    print("\n| method | checkpointing | batch | median step s | peak CUDA GiB |\n| --- | --- | ---: | ---: | ---: |")
     for r in records:
         peak = f"{r['peak_gib']:.1f}" if cuda else "-"
-        print(f"| {r['method']} | {r['batch']} | {r['median_s']:.3f} | {peak} |")
+        print(f"| {r['method']} | {'on' if r['checkpointing'] else 'off'} | {r['batch']} | {r['median_s']:.3f} | {peak} |")
 
 
 if __name__ == "__main__":

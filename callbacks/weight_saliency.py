@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Optional
@@ -448,6 +449,10 @@ class WeightSaliencyCallback(Callback):
     (every rank must call it); mask files and checkpoints hold the whole mask, which loads back into the shards.
     ``FSDPStrategy`` (FSDP1's flat parameters) and DeepSpeed are refused.
 
+    After the start of fit, :attr:`mask` holds the mask (parameter name to bool tensor) and :attr:`saliency_stats`
+    the kept count and fraction, overall and per parameter, and, when the mask was computed rather than loaded, the
+    seconds of the saliency pass and of the selection (``saliency_seconds``, ``selection_seconds``).
+
     Args:
         ratio: fraction of the selected weights to train, in ``(0, 1]`` (paper: 0.5).
         forget_dataloader: the forget data. Default: ``trainer.datamodule.forget_dataloader()``.
@@ -562,6 +567,7 @@ class WeightSaliencyCallback(Callback):
         self._hook_handles: list[Any] = []
         self._sharded = False  # FSDP2: the selected parameters are DTensors, and mask holds this rank's shards
         self._sharded_params: dict[str, Tensor] = {}
+        self._seconds: dict[str, float] = {}  # the saliency pass's and the selection's, when the mask was computed
 
     @property
     def state_key(self) -> str:
@@ -591,6 +597,7 @@ class WeightSaliencyCallback(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         selected = self._selected_parameters(pl_module)
+        self._seconds = {}
         self._sharded = _check_sharding(selected, trainer.world_size)
         if self._restored_mask is not None:
             mask, source = self._restored_mask, "checkpoint"
@@ -601,8 +608,12 @@ class WeightSaliencyCallback(Callback):
             mask = {name: _local_part(mask[name], param) for name, param in selected.items()}
         else:
             group = torch.distributed.group.WORLD if self._sharded else None
-            saliency = self.compute_saliency(trainer, pl_module, selected)
+            started = time.perf_counter()
+            saliency = self.compute_saliency(trainer, pl_module, selected)  # ends with a host wait for the device
+            self._seconds = {"saliency_seconds": time.perf_counter() - started}
+            started = time.perf_counter()
             mask, source = saliency_mask(saliency, self.ratio, group=group), "forget set"
+            self._seconds["selection_seconds"] = time.perf_counter() - started  # the selection waits twice too
             # hashes only for a mask file; of sharded weights on every rank (gathering them takes all ranks)
             writing = self._saving(trainer) or (self._sharded and self.save_mask_path is not None)
             self._provenance = self._run_provenance(trainer, selected, _PROVENANCE_KEYS if writing else ())
@@ -890,6 +901,7 @@ class WeightSaliencyCallback(Callback):
             "kept": sum(kept.values()),
             "total": total,
             "per_parameter": {name: kept[name] / sizes[name] for name in self.mask},
+            **self._seconds,
         }
         for logger in trainer.loggers:
             logger.log_metrics({"saliency/kept_fraction": overall}, step=trainer.global_step)

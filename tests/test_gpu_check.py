@@ -19,7 +19,7 @@ def test_gpu_check_tiny_runs_every_step_and_prints_them(tmp_path):
     result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--tiny"], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    for step in ("device", "device_data", "throughput", "sd_concept", "protocol"):
+    for step in ("device", "device_data", "selection", "sd_concept", "throughput", "protocol"):
         text = (tmp_path / f"{step}.txt").read_text()
         assert "exit status 0," in text, f"{step}:\n{text[-2000:]}"
         assert f"######## {step}" in result.stdout
@@ -28,11 +28,17 @@ def test_gpu_check_tiny_runs_every_step_and_prints_them(tmp_path):
     assert re.search(r"\| salun \| (\d+\.\d\d) / 2\.85 / [+-]\d+\.\d\d \|", result.stdout)  # the paper's UA beside ours
     assert "| retrain | digits: random 10% |" in result.stdout
     assert re.search(r"calibration: \d+\.\d\d s per epoch, \d+ s per fit besides; .*: epochs scale ", result.stdout)
-    for method in ("salun", "esd_x", "fmn"):  # a warm-up step, then two timed steps through the Trainer
-        assert re.search(rf"^{method}: batch \d+; warm-up step \d+\.\d+ s; steps \d+\.\d+, \d+\.\d+ s \(median "
-                         rf"\d+\.\d+ s\); peak CUDA memory none \(CPU\)", result.stdout, re.MULTILINE), method
-        assert re.search(rf"^\| {method} \| \d+ \| \d+\.\d+ \| - \|$", result.stdout, re.MULTILINE), method
-    assert "mask (at fit start) and setup" in result.stdout
+    for method in ("salun", "esd_x", "fmn"):  # a warm-up step, then timed steps through the Trainer
+        for checkpointing in ("on", "off"):
+            assert re.search(rf"^{method} \(checkpointing {checkpointing}\): batch \d+; warm-up step \d+\.\d+ s; "
+                             rf"steps \d+\.\d+ s \(median \d+\.\d+ s\); peak CUDA memory none \(CPU\)",
+                             result.stdout, re.MULTILINE), (method, checkpointing)
+            assert re.search(rf"^\| {method} \| {checkpointing} \| \d+ \| \d+\.\d+ \| - \|$", result.stdout,
+                             re.MULTILINE), (method, checkpointing)
+    assert re.search(r"mask at fit start: saliency pass \d+\.\d\d s per forget batch \(\d+ batches", result.stdout)
+    # the selection step: both thresholds keep the same count (the script asserts it) and are timed
+    assert re.search(r"^\| saliency_mask \| \d+\.\d+ \| nan \|$", result.stdout, re.MULTILINE)
+    assert re.search(r"^\| double argsort \| \d+\.\d+ \| nan \|$", result.stdout, re.MULTILINE)
 
 
 def load_paper_protocol():

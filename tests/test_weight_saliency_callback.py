@@ -127,6 +127,7 @@ def test_mask_equals_hand_made_reference_in_plain_module():
     assert callback.saliency_stats["kept"] == total // 2
     assert callback.saliency_stats["kept_fraction"] == pytest.approx((total // 2) / total)
     assert set(callback.saliency_stats["per_parameter"]) == set(expected)
+    assert callback.saliency_stats["saliency_seconds"] > 0 and callback.saliency_stats["selection_seconds"] > 0
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw", "adam"])
@@ -292,6 +293,7 @@ def test_save_mask_then_load_it_in_another_fit(tmp_path):
     trainer(max_epochs=1, callbacks=[second], limit_train_batches=1).fit(PlainClassifier(), DataLoader(make_dataset(8, 2), batch_size=4))
     for name, mask in first.mask.items():
         assert torch.equal(second.mask[name], mask)
+    assert "saliency_seconds" not in second.saliency_stats  # loaded, not computed
 
 
 def test_upstream_mask_format_loads(tmp_path):
