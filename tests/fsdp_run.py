@@ -3,9 +3,12 @@
 Rank r of ``WORLD_SIZE`` (environment, as torchrun sets it): fit a small classifier sharded with FSDP2's
 ``fully_shard`` under ``ModelParallelStrategy`` with ``WeightSaliencyCallback`` (mask from the forget set, saved to
 ``<out>/mask.safetensors``), then fit a fresh copy with that mask loaded back (``mask_path``). Rank 0 writes the
-starting weights, the weights after each fit and the callback's gathered masks to ``<out>/result.pt``.
+starting weights, the weights after each fit and the callback's gathered masks to ``<out>/result.pt``. Then salun
+for the class-conditional DDPM of the diffusers directory ORIGINAL, its denoiser sharded by the module's
+``configure_model``: the run directory ``<out>/diffusion`` gets the whole denoiser, and rank 0 writes the gathered
+mask to ``<out>/diffusion.pt``.
 
-    python tests/fsdp_run.py OUT      # with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set
+    python tests/fsdp_run.py OUT ORIGINAL   # with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set
 """
 
 from __future__ import annotations
@@ -69,7 +72,20 @@ def full_weights(model: Classifier) -> dict[str, torch.Tensor]:
             for name, p in model.named_parameters()}
 
 
-def main(out: Path) -> None:
+def unlearn_diffusion(original: Path, root: Path) -> dict:
+    """salun for the pixel DDPM with a sharded denoiser: the callback's whole mask, and this rank's share of it."""
+    from tests.test_diffusion import data, fit as fit_diffusion, pixel_model
+
+    torch.manual_seed(0)
+    model = pixel_model("salun", pretrained=str(original), lr=1e-2)
+    trainer = fit_diffusion(model, data(), root, steps=2, devices=2,
+                            strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1))
+    callback = next(c for c in trainer.callbacks if isinstance(c, WeightSaliencyCallback))
+    return {"mask": callback.full_mask(), "local_elements": sum(m.numel() for m in callback.mask.values()),
+            "sharded": model._sharded}
+
+
+def main(out: Path, original: Path) -> None:
     computed = WeightSaliencyCallback(ratio=0.5, save_mask_path=str(out / "mask.safetensors"))
     first = fit(computed, sharded=True, devices=2)
     computed_mask, after_computed = computed.full_mask(), full_weights(first)
@@ -81,7 +97,10 @@ def main(out: Path) -> None:
         torch.save({"start": start, "computed_mask": computed_mask, "after_computed": after_computed,
                     "loaded_mask": loaded_mask, "after_loaded": after_loaded,
                     "local_mask_sizes": {n: m.numel() for n, m in computed.mask.items()}}, out / "result.pt")
+    diffusion = unlearn_diffusion(original, out / "diffusion")
+    if torch.distributed.get_rank() == 0:
+        torch.save(diffusion, out / "diffusion.pt")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -13,6 +13,7 @@ import torch
 
 from salun_lightning.callbacks import WeightSaliencyCallback
 from tests.fsdp_run import fit
+from tests.test_diffusion import pixel_model
 
 SCRIPT = Path(__file__).with_name("fsdp_run.py")
 
@@ -26,18 +27,21 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def fsdp_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
+    original = tmp_path_factory.mktemp("original")
+    torch.manual_seed(0)
+    pixel_model().save_components(original)  # an untrained 'original' DDPM (every part, as a train run writes)
     env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parents[1])}
-    ranks = [subprocess.Popen([sys.executable, str(SCRIPT), str(out)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+    ranks = [subprocess.Popen([sys.executable, str(SCRIPT), str(out), str(original)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     outputs = [rank.communicate(timeout=300)[0] for rank in ranks]
     for rank, output in zip(ranks, outputs):
         assert rank.returncode == 0, output[-3000:]
-    return torch.load(out / "result.pt", weights_only=True), out
+    return torch.load(out / "result.pt", weights_only=True), out, original
 
 
 def test_fsdp_mask_is_the_single_process_mask_and_kept_per_shard(fsdp_result):
-    result, out = fsdp_result
+    result, out, _ = fsdp_result
     reference = WeightSaliencyCallback(ratio=0.5)
     fit(reference, sharded=False, devices=1)
     assert list(result["computed_mask"]) == list(reference.mask)
@@ -54,7 +58,7 @@ def test_fsdp_mask_is_the_single_process_mask_and_kept_per_shard(fsdp_result):
 
 
 def test_fsdp_training_moves_only_salient_elements(fsdp_result):
-    result, _ = fsdp_result
+    result, _, _ = fsdp_result
     start = {f"net.{name}": value for name, value in result["start"].items()}
     moved_any = False
     for name, mask in result["computed_mask"].items():
@@ -64,3 +68,47 @@ def test_fsdp_training_moves_only_salient_elements(fsdp_result):
         # the same fit with the mask loaded from its file gives the same weights
         assert torch.equal(result["after_loaded"][name], after), name
     assert moved_any
+
+
+def test_salun_with_a_sharded_denoiser_saves_the_whole_denoiser_and_moves_only_salient_elements(fsdp_result):
+    from diffusers import UNet2DModel
+
+    _, out, original = fsdp_result
+    diffusion = torch.load(out / "diffusion.pt", weights_only=True)
+    mask = diffusion["mask"]
+    start = dict(UNet2DModel.from_pretrained(original / "unet").named_parameters())
+    after = dict(UNet2DModel.from_pretrained(out / "diffusion" / "unet").named_parameters())  # loads strictly
+    assert set(mask) == {f"unet.{name}" for name in start}
+    total = sum(m.numel() for m in mask.values())
+    assert sum(int(m.sum()) for m in mask.values()) == total // 2
+    assert diffusion["sharded"] and diffusion["local_elements"] < total  # configure_model sharded the denoiser
+    moved = 0
+    for name, begin in start.items():
+        kept = mask[f"unet.{name}"]
+        assert torch.equal(after[name].detach()[~kept], begin.detach()[~kept]), name
+        moved += int((after[name].detach()[kept] != begin.detach()[kept]).sum())
+    assert moved > 0
+    assert (out / "diffusion" / "mask.safetensors").is_file()  # the run keeps its mask, whole
+
+
+class FakeMesh:
+    """Stands in for a device mesh of ModelParallelStrategy: dimension names and sizes only."""
+
+    def __init__(self, data_parallel: int, tensor_parallel: int) -> None:
+        self.sizes = {"data_parallel": data_parallel, "tensor_parallel": tensor_parallel}
+        self.mesh_dim_names = tuple(self.sizes)
+
+    def __getitem__(self, name: str):
+        return type("Dim", (), {"size": lambda _, n=self.sizes[name]: n})()
+
+
+@pytest.mark.parametrize(("kwargs", "tensor_parallel", "message"), [
+    ({}, 2, r"FSDP2 only: use ModelParallelStrategy\(data_parallel_size=N, tensor_parallel_size=1\)"),
+    ({"ema_decay": 0.999}, 1, "ema_decay is not supported with a sharded denoiser"),
+])
+def test_configure_model_refuses_what_it_cannot_shard(kwargs, tensor_parallel, message):
+    model = pixel_model(**kwargs)
+    model._device_mesh = FakeMesh(2, tensor_parallel)
+    with pytest.raises(ValueError, match=message):
+        model.configure_model()
+    assert not model._sharded

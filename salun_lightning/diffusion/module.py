@@ -39,7 +39,9 @@ from typing import Any, Literal, Optional, Union
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.training_utils import EMAModel
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from lightning.pytorch import Callback, LightningModule
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -219,6 +221,12 @@ class DiffusionUnlearningModule(LightningModule, ABC):
     be the next run's ``pretrained``), and ``run.json`` (method, forgotten class, minutes of the fit); the run
     directory is marked incomplete until then (:mod:`salun_lightning.runs`).
 
+    Denoisers that do not fit one GPU: under ``ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1)``
+    :meth:`configure_model` shards the denoiser with FSDP2 (each down, mid and up block, then the rest) while the
+    frozen parts stay whole on every rank; the saliency mask is then computed and kept per shard (the callback's
+    sharded form), and at the end of fit the whole denoiser is gathered and saved as usual. Methods ``train``,
+    ``retrain``, ``ga``, ``rl`` and ``salun``, without ``ema_decay``.
+
     Args:
         method: the training or unlearning method.
         unet: the denoiser: a config dict (fresh weights), a diffusers directory (a ``train`` run's
@@ -352,6 +360,8 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         self._fit_started: Optional[float] = None
         self._ema: Optional[EMAModel] = None
         self._ema_state: Optional[dict[str, Any]] = None  # from a checkpoint, loaded at fit start
+        self._sharded = False  # the denoiser is sharded with FSDP2 (configure_model)
+        self._whole_unet: Optional[dict[str, Tensor]] = None  # its gathered weights, on rank zero at the end of fit
 
     # ------------------------------------------------------------------------------------------------ conditioning
     @abstractmethod
@@ -531,6 +541,36 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             )
         ]
 
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``: shard the denoiser with FSDP2's ``fully_shard`` over the data-parallel
+        ranks (each down, mid and up block, then the rest); nothing otherwise.
+
+        Raises:
+            ValueError: tensor parallelism, ``ema_decay``, or a method that needs the whole denoiser (``esd_x``,
+                ``esd_u``: a frozen copy of it; ``fmn``: its attention processors).
+        """
+        mesh = self.device_mesh
+        if mesh is None or self._sharded:
+            return
+        names = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+            raise ValueError("the diffusion modules shard the denoiser with FSDP2 only: use "
+                             "ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1).")
+        if self.spec.objective in ("esd", "fmn") or self.hparams.ema_decay is not None:
+            what = f"method {self.hparams.method!r}" if self.hparams.ema_decay is None else "ema_decay"
+            raise ValueError(f"{what} is not supported with a sharded denoiser (ModelParallelStrategy): use "
+                             "ddp, or train, retrain, ga, rl or salun without ema_decay.")
+        from torch.distributed.fsdp import fully_shard
+
+        data_parallel = mesh["data_parallel"] if "data_parallel" in names else mesh
+        blocks = [*getattr(self.unet, "down_blocks", []), getattr(self.unet, "mid_block", None),
+                  *getattr(self.unet, "up_blocks", [])]
+        for block in blocks:
+            if block is not None:
+                fully_shard(block, mesh=data_parallel)
+        fully_shard(self.unet, mesh=data_parallel)
+        self._sharded = True
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         parameters = [p for p in self.unet.parameters() if p.requires_grad]
         return torch.optim.Adam(parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -567,6 +607,11 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             self._ema = None
         if self._fit_started is not None:
             self.fit_minutes = (time.perf_counter() - self._fit_started) / 60
+        if self._sharded and self.trainer.global_step > 0:  # every rank takes part in gathering the denoiser
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank zero only
+            self._whole_unet = get_model_state_dict(self.unet, options=options)
         if self.trainer.is_global_zero and self.trainer.global_step > 0:  # e.g. `salun mask` takes no step
             root = Path(self.trainer.default_root_dir)
             self.save_components(root)
@@ -580,7 +625,13 @@ class DiffusionUnlearningModule(LightningModule, ABC):
     def save_components(self, directory: Path) -> None:
         """Save the denoiser and the scheduler (and parts that exist nowhere else) as diffusers subfolders, so that
         ``directory`` can serve as ``pretrained`` of the next run."""
-        self.unet.save_pretrained(directory / "unet")
+        if self._whole_unet is None:
+            self.unet.save_pretrained(directory / "unet")
+        else:  # the sharded denoiser's gathered weights, in the file and format save_pretrained writes
+            (directory / "unet").mkdir(parents=True, exist_ok=True)
+            self.unet.save_config(directory / "unet")
+            save_file({name: value.contiguous() for name, value in self._whole_unet.items()},
+                      str(directory / "unet" / SAFETENSORS_WEIGHTS_NAME))
         self.noise_scheduler.save_pretrained(directory / "scheduler")
 
     def load_unet(self, path: str) -> None:
