@@ -13,8 +13,9 @@
 #   4. sd_concept: concept erasure at Stable Diffusion 1.x scale (benchmarks/sd_concept_step.py): salun (pseudo
 #      "replace", its mask at fit start: saliency pass per forget batch and selection), esd_x and fmn through
 #      TextToImageDiffusion and the Trainer with the SD 1.x UNet (random weights; VAE and text encoder SD-shaped but
-#      small), bf16 autocast, gradient checkpointing on and then off: a warm-up step, then two timed steps each,
-#      with the peak CUDA memory (--tiny: toy size on the CPU);
+#      small), bf16 autocast, gradient checkpointing on and then off, then salun with the denoiser sharded by FSDP2
+#      on the one GPU: a warm-up step, then two timed steps each, with the peak CUDA memory (--tiny: toy size on
+#      the CPU);
 #   5. throughput: a salun epoch of the module against a plain PyTorch loop on the same device;
 #   6. protocol: benchmarks/paper_protocol.py (the paper's CIFAR-10 protocol, random 10%) with --parallel and what
 #      is left of BUDGET as its budget: a 2-epoch calibration chooses the epochs scale (at most PROTOCOL_SCALE,
@@ -96,15 +97,15 @@ EOF
 if [[ $TINY == 1 ]]; then
   wanted selection && step selection 60 "$PY" benchmarks/sd_unet_salun.py --size tiny --batch 2 --repeats 1
   wanted sd_concept && step sd_concept 90 "$PY" benchmarks/sd_concept_step.py --size tiny --steps 1 \
-    --checkpointing both
+    --checkpointing both --fsdp
   wanted throughput && step throughput 120 "$PY" benchmarks/throughput.py --tiny --rounds 1 --workers 0 \
     --accelerator cpu --out "$RUNS_DIR/throughput"
   wanted protocol && step protocol 240 "$PY" benchmarks/paper_protocol.py --tiny --parallel --budget 200 \
     --out "$RUNS_DIR/protocol"
 else
   wanted selection && step selection 90 "$PY" benchmarks/sd_unet_salun.py --size sd --batch 8 --repeats 3
-  wanted sd_concept && step sd_concept 180 "$PY" benchmarks/sd_concept_step.py --size sd --batch 4 --steps 2 \
-    --checkpointing both
+  wanted sd_concept && step sd_concept 200 "$PY" benchmarks/sd_concept_step.py --size sd --batch 4 --steps 2 \
+    --checkpointing both --fsdp
   wanted throughput && step throughput 100 "$PY" benchmarks/throughput.py --model resnet18 --precision bf16-mixed \
     --rounds 2 --workers 8 --train-per-class 4500 --archive "$ARCHIVE" --out "$RUNS_DIR/throughput"
   PROTOCOL_BUDGET=$(( $(left) - 20 ))  # the protocol takes what is left: it chooses its epochs scale to fit

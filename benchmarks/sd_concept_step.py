@@ -8,7 +8,9 @@ style" (ESD's 50 sampling steps, batch 1); ``fmn``: concept "sketch" in "in sket
 same random "original" model and takes one warm-up step and then ``--steps`` steps; each step's seconds and peak
 CUDA memory (allocated, reset at every step) are printed, and for salun the saliency pass per forget batch and the
 selection (``WeightSaliencyCallback.saliency_stats``). ``--checkpointing both`` runs every method with the
-denoiser's gradient checkpointing on and off (off is faster where memory allows).
+denoiser's gradient checkpointing on and off (off is faster where memory allows). ``--fsdp`` adds a salun run with
+the denoiser sharded by FSDP2 (``ModelParallelStrategy`` on the one device: the sharded code path, not a memory
+saving; with checkpointing as the first ``--checkpointing`` setting).
 
 Parts: the UNet is Stable Diffusion 1.x's (``--size sd``: diffusers' ``UNet2DConditionModel`` defaults, which are SD
 1.x's, with 64x64x4 latents and 768-wide text states, about 860M parameters); the VAE and the text encoder only feed
@@ -16,7 +18,7 @@ it and are SD-shaped but small (a 2-level ``AutoencoderKL`` with 4 latent channe
 latents; a one-layer CLIP text encoder, 768 wide, 77 positions, byte-level tokenizer). ``--size tiny`` runs the same
 on the CPU at toy size (``benchmarks/gpu_check.sh --tiny``). The denoiser is not saved at the end of a fit (3.4 GB).
 
-    python benchmarks/sd_concept_step.py [--size sd] [--batch 4] [--steps 2] [--checkpointing on|off|both]
+    python benchmarks/sd_concept_step.py [--size sd] [--batch 4] [--steps 2] [--checkpointing on|off|both] [--fsdp]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.strategies import ModelParallelStrategy
 from PIL import Image
 
 from salun_lightning.callbacks import WeightSaliencyCallback
@@ -112,7 +115,7 @@ class StepClock(Callback):
 
 
 def run(method: str, pretrained: Path, folder: Path, side: int, args: argparse.Namespace, root: Path,
-        checkpointing: bool) -> dict:
+        checkpointing: bool, fsdp: bool = False) -> dict:
     """One method: warm-up step plus ``args.steps`` steps through the Trainer; their seconds and peak memory."""
     arguments, batch = METHODS[method]
     cuda = torch.cuda.is_available()
@@ -124,12 +127,14 @@ def run(method: str, pretrained: Path, folder: Path, side: int, args: argparse.N
     model.save_components = lambda directory: None  # no 3.4 GB denoiser on disk per method
     data.hparams.stream = model.train_stream  # as the salun command line links it
     clock = StepClock()
-    trainer = Trainer(accelerator="auto", devices=1, precision="bf16-mixed" if cuda else "32-true",
+    strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1) if fsdp else "auto"
+    trainer = Trainer(accelerator="auto", devices=1, strategy=strategy, precision="bf16-mixed" if cuda else "32-true",
                       max_steps=1 + args.steps, default_root_dir=root / method, logger=False, callbacks=[clock],
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, data)
     timed = clock.steps[1:]  # after the warm-up step
-    record = {"method": method, "checkpointing": checkpointing, "batch": batch or args.batch,
+    record = {"method": method + (" (FSDP2)" if fsdp else ""), "checkpointing": checkpointing,
+              "batch": batch or args.batch,
               "first_step_s": clock.steps[0][0],
               "steps_s": [s for s, _ in timed], "median_s": statistics.median(s for s, _ in timed),
               "peak_gib": max(p for _, p in clock.steps), "before_first_step_s": clock.before_first}
@@ -143,7 +148,8 @@ def run(method: str, pretrained: Path, folder: Path, side: int, args: argparse.N
                  f"({batches} batches, the first CUDA work included), selection {record['selection_s']:.3f} s; "
                  f"fit start to first step {clock.before_first:.2f} s")
     memory = f"{record['peak_gib']:.1f} GiB" if cuda else "none (CPU)"
-    print(f"{method} (checkpointing {'on' if checkpointing else 'off'}): batch {record['batch']}; warm-up step {record['first_step_s']:.2f} s; steps "
+    print(f"{record['method']} (checkpointing {'on' if checkpointing else 'off'}): batch {record['batch']}; "
+          f"warm-up step {record['first_step_s']:.2f} s; steps "
           f"{', '.join(f'{s:.3f}' for s in record['steps_s'])} s (median {record['median_s']:.3f} s); peak CUDA "
           f"memory {memory}{extra}", flush=True)
     del model, trainer
@@ -158,6 +164,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="images per forget (and retain) batch of salun and fmn")
     parser.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up step")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--fsdp", action="store_true", help="also salun with the denoiser sharded by FSDP2")
     parser.add_argument("--checkpointing", choices=("on", "off", "both"), default="on",
                         help="the denoiser's gradient checkpointing (both: every method with it on, then off)")
     args = parser.parse_args()
@@ -178,10 +185,13 @@ def main() -> None:
         settings = {"on": [True], "off": [False], "both": [True, False]}[args.checkpointing]
         records = [run(method, pretrained, folder, side, args, root, checkpointing)
                    for checkpointing in settings for method in args.methods]
+        if args.fsdp:
+            records.append(run("salun", pretrained, folder, side, args, root, settings[0], fsdp=True))
     print("\n| method | checkpointing | batch | median step s | peak CUDA GiB |\n| --- | --- | ---: | ---: | ---: |")
     for r in records:
         peak = f"{r['peak_gib']:.1f}" if cuda else "-"
-        print(f"| {r['method']} | {'on' if r['checkpointing'] else 'off'} | {r['batch']} | {r['median_s']:.3f} | {peak} |")
+        setting = "on" if r["checkpointing"] else "off"
+        print(f"| {r['method']} | {setting} | {r['batch']} | {r['median_s']:.3f} | {peak} |")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def test_gpu_check_tiny_runs_every_step_and_prints_them(tmp_path):
             assert re.search(rf"^\| {method} \| {checkpointing} \| \d+ \| \d+\.\d+ \| - \|$", result.stdout,
                              re.MULTILINE), (method, checkpointing)
     assert re.search(r"mask at fit start: saliency pass \d+\.\d\d s per forget batch \(\d+ batches", result.stdout)
+    assert re.search(r"^\| salun \(FSDP2\) \| on \| \d+ \| \d+\.\d+ \| - \|$", result.stdout, re.MULTILINE)
     # the selection step: both thresholds keep the same count (the script asserts it) and are timed
     assert re.search(r"^\| saliency_mask \| \d+\.\d+ \| nan \|$", result.stdout, re.MULTILINE)
     assert re.search(r"^\| double argsort \| \d+\.\d+ \| nan \|$", result.stdout, re.MULTILINE)
