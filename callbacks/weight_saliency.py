@@ -677,7 +677,9 @@ class WeightSaliencyCallback(Callback):
         """Return ``|sum over forget samples of grad loss|`` per selected parameter, summed across ranks.
 
         Under FSDP2 (parameters sharded as DTensors) each rank returns its shards' part, from the gradients that the
-        backward pass reduce-scatters (averaged over ranks: the same ranking as the sum).
+        backward pass reduce-scatters (averaged over ranks: the same ranking as the sum). Every forward and backward
+        is then a collective, so the ranks go in lockstep: as many batches each as the rank with the most (the others
+        repeat a batch with weight zero), and a bad batch or loss on any rank stops all of them together.
         """
         loader = self._shard(self._resolve_forget_dataloader(trainer), trainer)
         loss_fn, _ = self._resolve_loss(pl_module)
@@ -688,21 +690,26 @@ class WeightSaliencyCallback(Callback):
         views = list(torch.split(flat, sizes))
         if sharded:
             pl_module.zero_grad(set_to_none=True)
-        samples, bad_batch = 0, -1
+        lockstep = sharded and trainer.world_size > 1
+        batches = _lockstep(loader, self._resolve_forget_dataloader(trainer), flat.device) if lockstep else (
+            (batch, 1) for batch in loader)
+        samples, bad_batch, bad_kind, bad_value = 0, -1, "", None
         with torch.enable_grad(), _eval_mode(pl_module), _logging_disabled(pl_module):
-            for batch_idx, batch in enumerate(loader):
+            for batch_idx, (batch, weight) in enumerate(batches):
                 batch = trainer.strategy.batch_to_device(batch)
                 batch_size = self.batch_size_fn(batch) if self.batch_size_fn else extract_batch_size(batch)
-                if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-                    raise ValueError(f"batch_size_fn must return a positive int, got {batch_size!r} on forget batch "
-                                     f"{batch_idx}.")
+                invalid = isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+                if invalid or (lockstep and _any_rank(invalid, flat.device)):
+                    bad_batch, bad_kind, bad_value = (batch_idx, "size", batch_size) if invalid else (-1, "", None)
+                    break
                 with self._precision_context(trainer, pl_module):
                     loss = loss_fn(batch, batch_idx)
-                if not isinstance(loss, Tensor) or loss.numel() != 1 or not bool(torch.isfinite(loss.detach())):
-                    bad_batch, bad_loss = batch_idx, loss
+                bad = not isinstance(loss, Tensor) or loss.numel() != 1 or not bool(torch.isfinite(loss.detach()))
+                if bad or (lockstep and _any_rank(bad, flat.device)):
+                    bad_batch, bad_kind, bad_value = (batch_idx, "loss", loss) if bad else (-1, "", None)
                     break
                 if sharded:  # FSDP2 reduce-scatters the gradients into the shards' .grad
-                    (loss.reshape(()) * batch_size).backward()
+                    (loss.reshape(()) * (batch_size * weight)).backward()
                     grads = [None if p.grad is None else _local(p.grad) for p in params]
                     pl_module.zero_grad(set_to_none=True)
                 else:
@@ -710,17 +717,20 @@ class WeightSaliencyCallback(Callback):
                 for view, grad in zip(views, grads):
                     if grad is not None:
                         view.add_(grad.reshape(-1))
-                samples += batch_size
+                samples += batch_size * weight
         status = torch.tensor([samples, int(bad_batch >= 0)], dtype=torch.float64, device=flat.device)
         if trainer.world_size > 1:
             status = trainer.strategy.reduce(status, reduce_op="sum")
-        if bad_batch >= 0:
+        if bad_kind == "size":  # raised after the reduce, which every rank must reach
+            raise ValueError(f"batch_size_fn must return a positive int, got {bad_value!r} on forget batch "
+                             f"{bad_batch}.")
+        if bad_kind == "loss":
             raise ValueError(
-                f"the saliency loss must be a finite scalar, got {_describe(bad_loss)} on forget batch {bad_batch} "
+                f"the saliency loss must be a finite scalar, got {_describe(bad_value)} on forget batch {bad_batch} "
                 f"(rank {trainer.global_rank}); check the forget data and loss_fn."
             )
         if status[1] > 0:
-            raise ValueError("the saliency loss was not a finite scalar on another rank; see that rank's error.")
+            raise ValueError("the saliency loss or batch size was bad on another rank; see that rank's error.")
         if status[0] == 0:
             raise ValueError("the forget dataloader is empty: the saliency mask needs at least one forget sample.")
         if trainer.world_size > 1 and not sharded:
@@ -1043,6 +1053,31 @@ def _describe(loss: Any) -> str:
     if isinstance(loss, Tensor):
         return f"a tensor of shape {tuple(loss.shape)}" if loss.numel() != 1 else f"{loss.item()}"
     return f"{type(loss).__name__}"
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any rank (every rank must call it)."""
+    value = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(value)
+    return bool(value.item())
+
+
+def _lockstep(loader: DataLoader, whole: DataLoader, device: torch.device) -> Iterator[tuple[Any, int]]:
+    """This rank's forget batches with weight 1, then, until the rank with the most batches is done, its first batch
+    again (or the whole forget set's first, when this rank has none) with weight 0: every rank takes as many forward
+    and backward passes, which FSDP2 makes collectives."""
+    count = torch.tensor([len(loader)], device=device)
+    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+    spare = None
+    batches = iter(loader)
+    for _ in range(int(count.item())):
+        batch = next(batches, None)
+        if batch is not None:
+            spare = batch if spare is None else spare
+            yield batch, 1
+        else:
+            spare = next(iter(whole)) if spare is None else spare
+            yield spare, 0
 
 
 def _local(tensor: Tensor) -> Tensor:

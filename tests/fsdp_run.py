@@ -32,7 +32,8 @@ def make_net() -> torch.nn.Module:
 
 def data() -> tuple[TensorDataset, TensorDataset]:
     generator = torch.Generator().manual_seed(1)
-    forget = TensorDataset(torch.randn(8, 6, generator=generator), torch.randint(0, 3, (8,), generator=generator))
+    # 9 forget samples in batches of 4: rank 0 gets 2 batches and rank 1 one (the ranks must still go in lockstep)
+    forget = TensorDataset(torch.randn(9, 6, generator=generator), torch.randint(0, 3, (9,), generator=generator))
     retain = TensorDataset(torch.randn(32, 6, generator=generator), torch.randint(0, 3, (32,), generator=generator))
     return forget, retain
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -89,6 +90,8 @@ def test_salun_with_a_sharded_denoiser_saves_the_whole_denoiser_and_moves_only_s
         moved += int((after[name].detach()[kept] != begin.detach()[kept]).sum())
     assert moved > 0
     assert (out / "diffusion" / "mask.safetensors").is_file()  # the run keeps its mask, whole
+    config = json.loads((out / "diffusion" / "unet" / "config.json").read_text())
+    assert config["_class_name"] == "UNet2DModel"  # not the class fully_shard made
 
 
 class FakeMesh:

@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from abc import ABC, abstractmethod
@@ -617,6 +618,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             self.save_components(root)
             write_json(root / RUN_FILENAME, {**self.run_record(), "fit_minutes": self.fit_minutes})
             finish_run(root)
+        self._whole_unet = None  # a gathered copy is only for this save
 
     def run_record(self) -> dict[str, Any]:
         """What ``run.json`` records of the run besides its minutes: the method and the forgotten class."""
@@ -629,7 +631,9 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             self.unet.save_pretrained(directory / "unet")
         else:  # the sharded denoiser's gathered weights, in the file and format save_pretrained writes
             (directory / "unet").mkdir(parents=True, exist_ok=True)
-            self.unet.save_config(directory / "unet")
+            self.unet.save_config(directory / "unet")  # it names the class fully_shard made: name the denoiser's
+            config = json.loads((directory / "unet" / "config.json").read_text())
+            write_json(directory / "unet" / "config.json", {**config, "_class_name": self.unet_class.__name__})
             save_file({name: value.contiguous() for name, value in self._whole_unet.items()},
                       str(directory / "unet" / SAFETENSORS_WEIGHTS_NAME))
         self.noise_scheduler.save_pretrained(directory / "scheduler")
