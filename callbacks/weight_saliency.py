@@ -126,12 +126,18 @@ def _split_bin(counts: Tensor, needed: int) -> tuple[int, int]:
     return threshold_bin, above
 
 
-def _counts_device(flats: Sequence[Tensor], group: Any) -> torch.device:
-    if flats:
-        return flats[0].device
-    if group is not None and torch.distributed.get_backend(group) == "nccl":
+def _collective_device(group: Any = None) -> torch.device:
+    """Where the group's collectives take tensors: the current CUDA device for NCCL, else the CPU (gloo), whatever
+    device the data are on (FSDP2 can keep shards on the CPU under NCCL: CPU offload)."""
+    if torch.distributed.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def _counts_device(flats: Sequence[Tensor], group: Any) -> torch.device:
+    if group is not None:
+        return _collective_device(group)
+    return flats[0].device if flats else torch.device("cpu")
 
 
 def saliency_mask(saliency: Mapping[str, Tensor], ratio: float, group: Any = None) -> dict[str, Tensor]:
@@ -691,7 +697,8 @@ class WeightSaliencyCallback(Callback):
         if sharded:
             pl_module.zero_grad(set_to_none=True)
         lockstep = sharded and trainer.world_size > 1
-        batches = _lockstep(loader, self._resolve_forget_dataloader(trainer), flat.device) if lockstep else (
+        collective = _collective_device() if lockstep else flat.device
+        batches = _lockstep(loader, self._resolve_forget_dataloader(trainer), collective) if lockstep else (
             (batch, 1) for batch in loader)
         samples, bad_batch, bad_kind, bad_value = 0, -1, "", None
         with torch.enable_grad(), _eval_mode(pl_module), _logging_disabled(pl_module):
@@ -699,13 +706,13 @@ class WeightSaliencyCallback(Callback):
                 batch = trainer.strategy.batch_to_device(batch)
                 batch_size = self.batch_size_fn(batch) if self.batch_size_fn else extract_batch_size(batch)
                 invalid = isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-                if invalid or (lockstep and _any_rank(invalid, flat.device)):
+                if invalid or (lockstep and _any_rank(invalid, collective)):
                     bad_batch, bad_kind, bad_value = (batch_idx, "size", batch_size) if invalid else (-1, "", None)
                     break
                 with self._precision_context(trainer, pl_module):
                     loss = loss_fn(batch, batch_idx)
                 bad = not isinstance(loss, Tensor) or loss.numel() != 1 or not bool(torch.isfinite(loss.detach()))
-                if bad or (lockstep and _any_rank(bad, flat.device)):
+                if bad or (lockstep and _any_rank(bad, collective)):
                     bad_batch, bad_kind, bad_value = (batch_idx, "loss", loss) if bad else (-1, "", None)
                     break
                 if sharded:  # FSDP2 reduce-scatters the gradients into the shards' .grad
@@ -718,7 +725,7 @@ class WeightSaliencyCallback(Callback):
                     if grad is not None:
                         view.add_(grad.reshape(-1))
                 samples += batch_size * weight
-        status = torch.tensor([samples, int(bad_batch >= 0)], dtype=torch.float64, device=flat.device)
+        status = torch.tensor([samples, int(bad_batch >= 0)], dtype=torch.float64, device=collective)
         if trainer.world_size > 1:
             status = trainer.strategy.reduce(status, reduce_op="sum")
         if bad_kind == "size":  # raised after the reduce, which every rank must reach
@@ -856,7 +863,8 @@ class WeightSaliencyCallback(Callback):
         self._sharded_params = {name: params[name] for name in self.mask} if self._sharded else {}
         kept = {name: mask.sum() for name, mask in self.mask.items()}
         if self._sharded:  # whether a parameter has salient elements is decided over all its shards
-            counts = torch.stack(list(kept.values())) if kept else torch.zeros(0, dtype=torch.int64)
+            counts = torch.stack([count.to(_collective_device()) for count in kept.values()]) if kept else (
+                torch.zeros(0, dtype=torch.int64, device=_collective_device()))
             torch.distributed.all_reduce(counts)
             kept = dict(zip(kept, counts))
         for name, param in params.items():
@@ -901,7 +909,7 @@ class WeightSaliencyCallback(Callback):
         total = sum(p.numel() for p in self._sharded_params.values()) or sum(m.numel() for m in self.mask.values())
         kept = {name: int(m.sum()) for name, m in self.mask.items()}
         if self._sharded:
-            counts = torch.tensor(list(kept.values()), dtype=torch.int64, device=next(iter(self.mask.values())).device)
+            counts = torch.tensor(list(kept.values()), dtype=torch.int64, device=_collective_device())
             torch.distributed.all_reduce(counts)
             kept = {name: int(count) for name, count in zip(kept, counts)}
         sizes = {name: (self._sharded_params[name] if self._sharded else m).numel() for name, m in self.mask.items()}
