@@ -94,15 +94,16 @@ def fit_args(method: str, args: argparse.Namespace, seed: int, extra: list[str])
                   *curves, *extra]
 
 
-def run_fits(fits: dict[str, list[str]], roots: dict[str, Path], parallel: bool, logs: Path) -> dict[str, dict]:
-    """Run independent fits (in this process one after another, or ``parallel``: as concurrent processes on the same
-    device) and return each one's ``metrics.json`` with its directory and wall time."""
+def run_fits(fits: dict[str, tuple[Path, list[str]]], parallel: bool, logs: Path) -> dict[str, dict]:
+    """Run independent fits, each ``(run directory, salun arguments)`` as :func:`fit_args` gives them (in this
+    process one after another, or ``parallel``: as concurrent processes on the same device), and return each one's
+    ``metrics.json`` with its directory and wall time."""
     results, started = {}, time.perf_counter()
     if parallel:
         logs.mkdir(parents=True, exist_ok=True)
         running = {}
-        for name, argv in fits.items():
-            log = logs / f"{roots[name].parent.parent.name}_{roots[name].parent.name}_{name}.log"
+        for name, (root, argv) in fits.items():
+            log = logs / f"{root.parent.parent.name}_{root.parent.name}_{name}.log"
             with log.open("w") as out:
                 running[name] = (subprocess.Popen([sys.executable, "-P", "-m", "salun_lightning.cli", *argv],
                                                   stdout=out, stderr=subprocess.STDOUT), log)
@@ -112,12 +113,12 @@ def run_fits(fits: dict[str, list[str]], roots: dict[str, Path], parallel: bool,
                     other.kill()
                 raise SystemExit(f"{name} failed (exit status {process.returncode}); its log {log} ends:\n"
                                  + log.read_text()[-3000:])
-    for name, argv in fits.items():
+    for name, (root, argv) in fits.items():
         if not parallel:
             salun(argv)
-        metrics = json.loads((roots[name] / "metrics.json").read_text())
-        results[name] = {**metrics, "dir": str(roots[name]), "wall_s": time.perf_counter() - started}
-        print(f"{name} seed {roots[name].parent.name[4:]}: {results[name]['wall_s']:.0f} s, "
+        metrics = json.loads((root / "metrics.json").read_text())
+        results[name] = {**metrics, "dir": str(root), "wall_s": time.perf_counter() - started}
+        print(f"{name} seed {root.parent.name[4:]}: {results[name]['wall_s']:.0f} s, "
               + ", ".join(f"{k} {metrics[k]:.2f}" for k in KEYS), flush=True)
     return results
 
@@ -190,14 +191,12 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:
         first = {name: fit_args(name, args, seed, long_schedule) for name in ("train", "retrain")}
-        done = run_fits({n: a for n, (_, a) in first.items()}, {n: r for n, (r, _) in first.items()}, args.parallel,
-                        args.out / "logs")
+        done = run_fits(first, args.parallel, args.out / "logs")
         weights = Path(done["train"]["dir"]) / "model.safetensors"
         second = {method: fit_args(method, args, seed, [f"--model.init_args.original_weights={weights}",
                                                         f"--trainer.max_epochs={scaled(UNLEARNING_EPOCHS[method], scale)}"])
                   for method in args.methods}
-        done.update(run_fits({n: a for n, (_, a) in second.items()}, {n: r for n, (r, _) in second.items()},
-                             args.parallel, args.out / "logs"))
+        done.update(run_fits(second, args.parallel, args.out / "logs"))
         for method, metrics in done.items():
             if method != "train":
                 results.setdefault(method, []).append(metrics)
@@ -220,8 +219,7 @@ def calibrated_scale(args: argparse.Namespace, started: float) -> float:
     calibration = argparse.Namespace(**{**vars(args), "out": args.out / "calibration"})
     two = ["--trainer.max_epochs=2", "--model.init_args.lr_milestones=[1, 2]"]
     first = {name: fit_args(name, calibration, args.seeds[0], two) for name in ("train", "retrain")}
-    done = run_fits({n: a for n, (_, a) in first.items()}, {n: r for n, (r, _) in first.items()}, args.parallel,
-                    calibration.out / "logs")
+    done = run_fits(first, args.parallel, calibration.out / "logs")
     epoch_s = max(run["RTE"] for run in done.values()) * 60 / 2
     overhead_s = max(run["wall_s"] for run in done.values()) - epoch_s * 2
     left = args.budget - (time.perf_counter() - started)

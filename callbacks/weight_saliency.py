@@ -573,6 +573,7 @@ class WeightSaliencyCallback(Callback):
         self._hook_handles: list[Any] = []
         self._sharded = False  # FSDP2: the selected parameters are DTensors, and mask holds this rank's shards
         self._sharded_params: dict[str, Tensor] = {}
+        self._kept: dict[str, int] = {}  # salient elements per masked parameter, over all its shards
         self._seconds: dict[str, float] = {}  # the saliency pass's and the selection's, when the mask was computed
 
     @property
@@ -861,21 +862,24 @@ class WeightSaliencyCallback(Callback):
         params = {name: p for name, p in pl_module.named_parameters() if p.requires_grad}
         self._partial, self._frozen = [], []
         self._sharded_params = {name: params[name] for name in self.mask} if self._sharded else {}
-        kept = {name: mask.sum() for name, mask in self.mask.items()}
-        if self._sharded:  # whether a parameter has salient elements is decided over all its shards
-            counts = torch.stack([count.to(_collective_device()) for count in kept.values()]) if kept else (
-                torch.zeros(0, dtype=torch.int64, device=_collective_device()))
-            torch.distributed.all_reduce(counts)
-            kept = dict(zip(kept, counts))
+        self._kept = self._kept_counts()
         for name, param in params.items():
             mask = self.mask.get(name)
-            if mask is None or not bool(kept[name] > 0):
+            if mask is None or self._kept[name] == 0:
                 self._frozen.append(param)
             elif not bool(mask.all()):
                 local = _local(param)
                 _bits(local)  # fail now on a dtype without an integer view
                 start = torch.where(mask, 0, local.detach()) if self.freeze_non_salient else None
                 self._partial.append((param, mask, start))
+
+    def _kept_counts(self) -> dict[str, int]:
+        """The salient elements of every masked parameter, over all its shards when it is sharded."""
+        device = _collective_device() if self._sharded else torch.device("cpu")
+        counts = torch.tensor([int(mask.sum()) for mask in self.mask.values()], dtype=torch.int64, device=device)
+        if self._sharded:
+            torch.distributed.all_reduce(counts)
+        return dict(zip(self.mask, counts.tolist()))
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Restore non-salient elements and zero their optimizer state; runs once per real optimizer step.
@@ -906,13 +910,9 @@ class WeightSaliencyCallback(Callback):
 
     # ------------------------------------------------------------------------------------------------ reporting
     def _record_stats(self, trainer: Trainer, pl_module: LightningModule, source: str) -> None:
-        total = sum(p.numel() for p in self._sharded_params.values()) or sum(m.numel() for m in self.mask.values())
-        kept = {name: int(m.sum()) for name, m in self.mask.items()}
-        if self._sharded:
-            counts = torch.tensor(list(kept.values()), dtype=torch.int64, device=_collective_device())
-            torch.distributed.all_reduce(counts)
-            kept = {name: int(count) for name, count in zip(kept, counts)}
+        kept = self._kept  # counted over all shards by _prepare_masking
         sizes = {name: (self._sharded_params[name] if self._sharded else m).numel() for name, m in self.mask.items()}
+        total = sum(sizes.values())
         overall = sum(kept.values()) / total
         self.saliency_stats = {
             "kept_fraction": overall,
