@@ -456,7 +456,8 @@ class WeightSaliencyCallback(Callback):
     ``FSDPStrategy`` (FSDP1's flat parameters) and DeepSpeed are refused.
 
     After the start of fit, :attr:`mask` holds the mask (parameter name to bool tensor) and :attr:`saliency_stats`
-    the kept count and fraction, overall and per parameter, and, when the mask was computed rather than loaded, the
+    where it came from (``source``: ``"forget set"``, ``"checkpoint"`` or ``"mask_path '<file>'"``), the kept count
+    and fraction, overall and per parameter, and, when the mask was computed rather than loaded, the
     seconds of the saliency pass and of the selection (``saliency_seconds``, ``selection_seconds``).
 
     Args:
@@ -603,6 +604,15 @@ class WeightSaliencyCallback(Callback):
             )
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not _restores_after_fit_start(trainer):
+            self._start_masking(trainer, pl_module)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if _restores_after_fit_start(trainer):  # the checkpoint's weights, optimizer state and mask are in place now
+            self._start_masking(trainer, pl_module)
+
+    def _start_masking(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Compute, load or restore the mask, keep the starting values and hook the optimizers."""
         selected = self._selected_parameters(pl_module)
         self._seconds = {}
         self._sharded = _check_sharding(selected, trainer.world_size)
@@ -915,6 +925,7 @@ class WeightSaliencyCallback(Callback):
         total = sum(sizes.values())
         overall = sum(kept.values()) / total
         self.saliency_stats = {
+            "source": source,
             "kept_fraction": overall,
             "kept": sum(kept.values()),
             "total": total,
@@ -1061,6 +1072,12 @@ def _describe(loss: Any) -> str:
     if isinstance(loss, Tensor):
         return f"a tensor of shape {tuple(loss.shape)}" if loss.numel() != 1 else f"{loss.item()}"
     return f"{type(loss).__name__}"
+
+
+def _restores_after_fit_start(trainer: Trainer) -> bool:
+    """Whether the fit resumes from a checkpoint that the strategy restores only after ``on_fit_start`` (FSDP2's
+    ModelParallelStrategy restores after setting up the optimizers): the mask must wait for ``on_train_start``."""
+    return trainer.ckpt_path is not None and trainer.strategy.restore_checkpoint_after_setup
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:

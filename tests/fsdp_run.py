@@ -2,11 +2,12 @@
 
 Rank r of ``WORLD_SIZE`` (environment, as torchrun sets it): fit a small classifier sharded with FSDP2's
 ``fully_shard`` under ``ModelParallelStrategy`` with ``WeightSaliencyCallback`` (mask from the forget set, saved to
-``<out>/mask.safetensors``), then fit a fresh copy with that mask loaded back (``mask_path``). Rank 0 writes the
-starting weights, the weights after each fit and the callback's gathered masks to ``<out>/result.pt``. Then salun
-for the class-conditional DDPM of the diffusers directory ORIGINAL, its denoiser sharded by the module's
-``configure_model``: the run directory ``<out>/diffusion`` gets the whole denoiser, and rank 0 writes the gathered
-mask to ``<out>/diffusion.pt``.
+``<out>/mask.safetensors``), then fit a fresh copy with that mask loaded back (``mask_path``), then fit two steps,
+save a (distributed) checkpoint and resume from it for the third. Rank 0 writes the starting weights, the weights
+after each fit and the callback's gathered masks to ``<out>/result.pt``. Then ``salun fit`` for the class-conditional
+DDPM of the diffusers directory ORIGINAL with ``--trainer.strategy=ModelParallelStrategy``, its denoiser sharded by
+the module's ``configure_model``: the run directory ``<out>/diffusion`` gets the whole denoiser, and rank 0 writes
+the gathered mask to ``<out>/diffusion.pt``.
 
     python tests/fsdp_run.py OUT ORIGINAL   # with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import lightning.pytorch as pl
 import torch
@@ -22,6 +24,9 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.utils.data import DataLoader, TensorDataset
 
 from salun_lightning.callbacks import WeightSaliencyCallback
+from salun_lightning.cli import SalunCLI
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "diffusion"
 
 
 def make_net() -> torch.nn.Module:
@@ -57,14 +62,18 @@ class Classifier(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=0.05, weight_decay=0.1)
 
 
-def fit(callback: WeightSaliencyCallback, sharded: bool, devices: int) -> Classifier:
+def fit(callback: WeightSaliencyCallback, sharded: bool, devices: int, steps: int = 3,
+        ckpt_path: Optional[Path] = None, save_to: Optional[Path] = None) -> Classifier:
+    """``steps`` optimizer steps (resumed from ``ckpt_path`` when given); ``save_to``: a checkpoint at the end."""
     forget, retain = data()
     model = Classifier(sharded)
     strategy = ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1) if sharded else "auto"
-    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=3, callbacks=[callback],
+    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=steps, callbacks=[callback],
                          logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     callback.forget_dataloader = DataLoader(forget, batch_size=4)
-    trainer.fit(model, DataLoader(retain, batch_size=8, shuffle=False))
+    trainer.fit(model, DataLoader(retain, batch_size=8, shuffle=False), ckpt_path=ckpt_path)
+    if save_to is not None:
+        trainer.save_checkpoint(save_to)  # every rank: the callback gathers the whole mask into the checkpoint
     return model
 
 
@@ -74,16 +83,17 @@ def full_weights(model: Classifier) -> dict[str, torch.Tensor]:
 
 
 def unlearn_diffusion(original: Path, root: Path) -> dict:
-    """salun for the pixel DDPM with a sharded denoiser: the callback's whole mask, and this rank's share of it."""
-    from tests.test_diffusion import data, fit as fit_diffusion, pixel_model
-
-    torch.manual_seed(0)
-    model = pixel_model("salun", pretrained=str(original), lr=1e-2)
-    trainer = fit_diffusion(model, data(), root, steps=2, devices=2,
-                            strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1))
-    callback = next(c for c in trainer.callbacks if isinstance(c, WeightSaliencyCallback))
+    """salun for a pixel DDPM through the ``salun`` command line, its denoiser sharded under ModelParallelStrategy:
+    the callback's whole mask, and this rank's share of it."""
+    cli = SalunCLI(args=[
+        "fit", "--config", str(CONFIGS / "ddpm_digits_salun.yaml"), f"--trainer.default_root_dir={root}",
+        f"--model.init_args.pretrained={original}", "--data.init_args.image_size=8", "--data.init_args.batch_size=8",
+        "--trainer.max_steps=2", "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu",
+        "--trainer.devices=2", "--trainer.strategy=ModelParallelStrategy", "--trainer.strategy.data_parallel_size=2",
+        "--trainer.strategy.tensor_parallel_size=1", "--model.init_args.lr=0.01"])
+    callback = next(c for c in cli.trainer.callbacks if isinstance(c, WeightSaliencyCallback))
     return {"mask": callback.full_mask(), "local_elements": sum(m.numel() for m in callback.mask.values()),
-            "sharded": model._sharded}
+            "sharded": cli.model._sharded}
 
 
 def main(out: Path, original: Path) -> None:
@@ -93,10 +103,16 @@ def main(out: Path, original: Path) -> None:
     loaded = WeightSaliencyCallback(ratio=0.5, mask_path=str(out / "mask.safetensors"))
     second = fit(loaded, sharded=True, devices=2)
     loaded_mask, after_loaded = loaded.full_mask(), full_weights(second)
+    # interrupted after 2 of the 3 steps, then resumed from the sharded checkpoint: the mask comes from it
+    fit(WeightSaliencyCallback(ratio=0.5), sharded=True, devices=2, steps=2, save_to=out / "two_steps.ckpt")
+    resumed = WeightSaliencyCallback(ratio=0.5)
+    third = fit(resumed, sharded=True, devices=2, ckpt_path=out / "two_steps.ckpt")
+    resumed_mask, after_resumed = resumed.full_mask(), full_weights(third)
     if torch.distributed.get_rank() == 0:
         start = {name: p.detach().clone() for name, p in make_net().named_parameters()}
         torch.save({"start": start, "computed_mask": computed_mask, "after_computed": after_computed,
-                    "loaded_mask": loaded_mask, "after_loaded": after_loaded,
+                    "loaded_mask": loaded_mask, "after_loaded": after_loaded, "resumed_mask": resumed_mask,
+                    "after_resumed": after_resumed, "resumed_source": resumed.saliency_stats["source"],
                     "local_mask_sizes": {n: m.numel() for n, m in computed.mask.items()}}, out / "result.pt")
     diffusion = unlearn_diffusion(original, out / "diffusion")
     if torch.distributed.get_rank() == 0:

@@ -71,10 +71,23 @@ def test_fsdp_training_moves_only_salient_elements(fsdp_result):
     assert moved_any
 
 
-def test_salun_with_a_sharded_denoiser_saves_the_whole_denoiser_and_moves_only_salient_elements(fsdp_result):
+def test_fsdp_fit_resumed_from_a_sharded_checkpoint_restores_the_mask_and_equals_the_uninterrupted_fit(fsdp_result):
+    result, out, _ = fsdp_result
+    assert (out / "two_steps.ckpt").is_dir()  # a distributed checkpoint: each rank wrote its shards
+    assert result["resumed_source"] == "checkpoint"  # not recomputed
+    for name, mask in result["computed_mask"].items():
+        assert torch.equal(result["resumed_mask"][name], mask), name
+        # 2 steps, a checkpoint, 1 more step: bitwise the 3 steps of one fit (AdamW's moments restored per shard)
+        assert torch.equal(result["after_resumed"][name], result["after_computed"][name]), name
+
+
+def test_salun_command_with_a_sharded_denoiser_saves_the_whole_denoiser_and_moves_only_salient_elements(fsdp_result):
     from diffusers import UNet2DModel
 
     _, out, original = fsdp_result
+    run = out / "diffusion"  # `salun fit` with --trainer.strategy=ModelParallelStrategy on two ranks
+    assert not (run / "INCOMPLETE").exists() and json.loads((run / "run.json").read_text())["method"] == "salun"
+    assert "ModelParallelStrategy" in (run / "config.yaml").read_text()
     diffusion = torch.load(out / "diffusion.pt", weights_only=True)
     mask = diffusion["mask"]
     start = dict(UNet2DModel.from_pretrained(original / "unet").named_parameters())

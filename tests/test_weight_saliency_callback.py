@@ -128,6 +128,7 @@ def test_mask_equals_hand_made_reference_in_plain_module():
     assert callback.saliency_stats["kept_fraction"] == pytest.approx((total // 2) / total)
     assert set(callback.saliency_stats["per_parameter"]) == set(expected)
     assert callback.saliency_stats["saliency_seconds"] > 0 and callback.saliency_stats["selection_seconds"] > 0
+    assert callback.saliency_stats["source"] == "forget set"
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw", "adam"])
@@ -294,6 +295,7 @@ def test_save_mask_then_load_it_in_another_fit(tmp_path):
     for name, mask in first.mask.items():
         assert torch.equal(second.mask[name], mask)
     assert "saliency_seconds" not in second.saliency_stats  # loaded, not computed
+    assert second.saliency_stats["source"] == f"mask_path {str(path)!r}"
 
 
 def test_upstream_mask_format_loads(tmp_path):
@@ -330,6 +332,7 @@ def test_resume_restores_mask_and_starting_values_without_recomputing(tmp_path, 
             p.add_(1.0)
     second = WeightSaliencyCallback(forget_dataloader=forget)
     trainer(max_epochs=3, callbacks=[second]).fit(resumed_model, data, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert second.saliency_stats["source"] == "checkpoint"
     for name, param in resumed_model.named_parameters():
         mask = second.mask[name]
         assert torch.equal(mask, first.mask[name])
