@@ -15,7 +15,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[test,nudity]'
+	$(BIN)/python -m pip install --quiet -e '.[test,nudity,fid]'
 	touch $(STAMP)
 
 test: $(STAMP)
