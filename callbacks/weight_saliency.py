@@ -567,6 +567,7 @@ class WeightSaliencyCallback(Callback):
         self.mask: dict[str, Tensor] = {}
         self.saliency_stats: dict[str, Any] = {}
         self._restored_mask: Optional[dict[str, Tensor]] = None
+        self._waiting_for_restore = False  # under a strategy that restores checkpoints after on_fit_start
         self._provenance: dict[str, str] = {}  # the mask's provenance entries, written to mask files
         # (parameter, mask, starting values with the salient elements zeroed): parameters with some salient elements
         self._partial: list[tuple[Tensor, Tensor, Optional[Tensor]]] = []
@@ -593,8 +594,6 @@ class WeightSaliencyCallback(Callback):
                 "configure_model and use strategy=ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1)"
                 "; FSDPStrategy (FSDP1's flat parameters) and DeepSpeed are not supported."
             )
-        if self.mask_path is None and trainer.ckpt_path is None and not self._has_forget_data(trainer):
-            raise MisconfigurationException(_NO_FORGET_DATA)
         has_loss = self.loss_fn is not None or callable(getattr(pl_module, "saliency_loss", None))
         if not (pl_module.automatic_optimization or has_loss or self.mask_path is not None):
             raise MisconfigurationException(
@@ -604,15 +603,21 @@ class WeightSaliencyCallback(Callback):
             )
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not _restores_after_fit_start(trainer):
+        # Whether the fit resumes is known only once a checkpoint is restored (a checkpoint restores the mask, and
+        # the missing forget data is an error only when it does not), which happens before this hook except under
+        # strategies that restore after setting up the optimizers (ModelParallelStrategy): there, wait until training
+        # starts (or, when no step runs, the end of fit).
+        self._waiting_for_restore = trainer.strategy.restore_checkpoint_after_setup
+        if not self._waiting_for_restore:
             self._start_masking(trainer, pl_module)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if _restores_after_fit_start(trainer):  # the checkpoint's weights, optimizer state and mask are in place now
+        if self._waiting_for_restore:  # the checkpoint's weights, optimizer state and mask are in place now
             self._start_masking(trainer, pl_module)
 
     def _start_masking(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Compute, load or restore the mask, keep the starting values and hook the optimizers."""
+        self._waiting_for_restore = False
         selected = self._selected_parameters(pl_module)
         self._seconds = {}
         self._sharded = _check_sharding(selected, trainer.world_size)
@@ -663,6 +668,8 @@ class WeightSaliencyCallback(Callback):
             torch._foreach_mul_(grads, masks)  # on the bits: exact +0.0 where masked, untouched elsewhere
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._waiting_for_restore:  # no training step ran (max_steps already reached, or `salun mask`)
+            self._start_masking(trainer, pl_module)
         self._remove_hooks()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -1072,12 +1079,6 @@ def _describe(loss: Any) -> str:
     if isinstance(loss, Tensor):
         return f"a tensor of shape {tuple(loss.shape)}" if loss.numel() != 1 else f"{loss.item()}"
     return f"{type(loss).__name__}"
-
-
-def _restores_after_fit_start(trainer: Trainer) -> bool:
-    """Whether the fit resumes from a checkpoint that the strategy restores only after ``on_fit_start`` (FSDP2's
-    ModelParallelStrategy restores after setting up the optimizers): the mask must wait for ``on_train_start``."""
-    return trainer.ckpt_path is not None and trainer.strategy.restore_checkpoint_after_setup
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:

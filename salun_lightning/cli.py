@@ -199,7 +199,7 @@ def mask_main(argv: Sequence[str]) -> None:
         callback = callbacks[0]
         callback.mask_path, callback.save_mask_path = None, args.out
         cli.model.configure_callbacks = lambda: [callback]  # this callback only, whatever the method's own
-        cli.trainer.fit_loop.epoch_loop.max_steps = 0  # on_fit_start computes and writes the mask; no step is taken
+        cli.trainer.fit_loop.epoch_loop.max_steps = 0  # no step: the callback makes and writes the mask (fit start or end)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     stats = callback.saliency_stats
     print(f"wrote {args.out}: {stats['kept']:,} of {stats['total']:,} weights (ratio {callback.ratio})")

@@ -14,7 +14,10 @@ the gathered mask to ``<out>/diffusion.pt``.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -63,18 +66,33 @@ class Classifier(pl.LightningModule):
 
 
 def fit(callback: WeightSaliencyCallback, sharded: bool, devices: int, steps: int = 3,
-        ckpt_path: Optional[Path] = None, save_to: Optional[Path] = None) -> Classifier:
-    """``steps`` optimizer steps (resumed from ``ckpt_path`` when given); ``save_to``: a checkpoint at the end."""
+        ckpt_path: Optional[Path] = None, save_to: Optional[Path] = None, with_forget: bool = True) -> Classifier:
+    """``steps`` optimizer steps (resumed from ``ckpt_path`` when given); ``save_to``: a checkpoint at the end;
+    without ``with_forget`` the callback has no forget data."""
     forget, retain = data()
     model = Classifier(sharded)
     strategy = ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1) if sharded else "auto"
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=steps, callbacks=[callback],
                          logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    callback.forget_dataloader = DataLoader(forget, batch_size=4)
+    callback.forget_dataloader = DataLoader(forget, batch_size=4) if with_forget else None
     trainer.fit(model, DataLoader(retain, batch_size=8, shuffle=False), ckpt_path=ckpt_path)
     if save_to is not None:
         trainer.save_checkpoint(save_to)  # every rank: the callback gathers the whole mask into the checkpoint
     return model
+
+
+@contextlib.contextmanager
+def logged_messages() -> Iterator[list[str]]:
+    """The messages Lightning's rank-zero helpers log meanwhile (``rank_zero_info``; rank 0 only)."""
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
 
 
 def full_weights(model: Classifier) -> dict[str, torch.Tensor]:
@@ -103,16 +121,22 @@ def main(out: Path, original: Path) -> None:
     loaded = WeightSaliencyCallback(ratio=0.5, mask_path=str(out / "mask.safetensors"))
     second = fit(loaded, sharded=True, devices=2)
     loaded_mask, after_loaded = loaded.full_mask(), full_weights(second)
-    # interrupted after 2 of the 3 steps, then resumed from the sharded checkpoint: the mask comes from it
+    # interrupted after 2 of the 3 steps, then resumed from the sharded checkpoint without forget data: the mask, the
+    # weights and the optimizer state come from the checkpoint, and the mask is made once
     fit(WeightSaliencyCallback(ratio=0.5), sharded=True, devices=2, steps=2, save_to=out / "two_steps.ckpt")
     resumed = WeightSaliencyCallback(ratio=0.5)
-    third = fit(resumed, sharded=True, devices=2, ckpt_path=out / "two_steps.ckpt")
+    with logged_messages() as messages:
+        third = fit(resumed, sharded=True, devices=2, ckpt_path=out / "two_steps.ckpt", with_forget=False)
     resumed_mask, after_resumed = resumed.full_mask(), full_weights(third)
+    # no training step (as `salun mask` runs): the mask is still made and written
+    fit(WeightSaliencyCallback(ratio=0.5, save_mask_path=str(out / "no_steps.safetensors")), sharded=True, devices=2,
+        steps=0)
     if torch.distributed.get_rank() == 0:
         start = {name: p.detach().clone() for name, p in make_net().named_parameters()}
         torch.save({"start": start, "computed_mask": computed_mask, "after_computed": after_computed,
                     "loaded_mask": loaded_mask, "after_loaded": after_loaded, "resumed_mask": resumed_mask,
                     "after_resumed": after_resumed, "resumed_source": resumed.saliency_stats["source"],
+                    "resumed_messages": [m for m in messages if m.startswith("WeightSaliency")],
                     "local_mask_sizes": {n: m.numel() for n, m in computed.mask.items()}}, out / "result.pt")
     diffusion = unlearn_diffusion(original, out / "diffusion")
     if torch.distributed.get_rank() == 0:

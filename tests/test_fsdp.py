@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from salun_lightning.callbacks import WeightSaliencyCallback
+from salun_lightning.callbacks import WeightSaliencyCallback, load_mask
 from tests.fsdp_run import fit
 from tests.test_diffusion import pixel_model
 
@@ -33,11 +33,21 @@ def fsdp_result(tmp_path_factory):
     pixel_model().save_components(original)  # an untrained 'original' DDPM (every part, as a train run writes)
     env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parents[1])}
-    ranks = [subprocess.Popen([sys.executable, str(SCRIPT), str(out), str(original)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
-    outputs = [rank.communicate(timeout=300)[0] for rank in ranks]
-    for rank, output in zip(ranks, outputs):
-        assert rank.returncode == 0, output[-3000:]
+    logs = [out / f"rank{r}.log" for r in range(2)]  # files, not pipes: a full pipe would block its rank
+    ranks = []
+    for r, log in enumerate(logs):
+        with log.open("w") as stream:
+            ranks.append(subprocess.Popen([sys.executable, str(SCRIPT), str(out), str(original)],
+                                          env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=stream,
+                                          stderr=subprocess.STDOUT))
+    try:
+        for rank in ranks:
+            rank.wait(timeout=240)
+    finally:
+        for rank in ranks:
+            rank.kill()
+    for rank, log in zip(ranks, logs):
+        assert rank.returncode == 0, log.read_text()[-3000:]
     return torch.load(out / "result.pt", weights_only=True), out, original
 
 
@@ -54,8 +64,10 @@ def test_fsdp_mask_is_the_single_process_mask_and_kept_per_shard(fsdp_result):
     assert sum(result["local_mask_sizes"].values()) < total
     # the mask file is whole, with its provenance, and loads back into the shards
     assert (out / "mask.safetensors").is_file()
+    no_steps = load_mask(out / "no_steps.safetensors")[0]  # a fit of no step (`salun mask`) still writes it
     for name, mask in result["computed_mask"].items():
         assert torch.equal(result["loaded_mask"][name], mask), name
+        assert torch.equal(no_steps[name], mask), name
 
 
 def test_fsdp_training_moves_only_salient_elements(fsdp_result):
@@ -74,7 +86,9 @@ def test_fsdp_training_moves_only_salient_elements(fsdp_result):
 def test_fsdp_fit_resumed_from_a_sharded_checkpoint_restores_the_mask_and_equals_the_uninterrupted_fit(fsdp_result):
     result, out, _ = fsdp_result
     assert (out / "two_steps.ckpt").is_dir()  # a distributed checkpoint: each rank wrote its shards
-    assert result["resumed_source"] == "checkpoint"  # not recomputed
+    assert result["resumed_source"] == "checkpoint"  # not recomputed (the resumed fit had no forget data)
+    assert len(result["resumed_messages"]) == 1, result["resumed_messages"]  # the mask was made once, from there
+    assert result["resumed_messages"][0].startswith("WeightSaliency: mask from checkpoint:")
     for name, mask in result["computed_mask"].items():
         assert torch.equal(result["resumed_mask"][name], mask), name
         # 2 steps, a checkpoint, 1 more step: bitwise the 3 steps of one fit (AdamW's moments restored per shard)

@@ -330,7 +330,7 @@ def test_resume_restores_mask_and_starting_values_without_recomputing(tmp_path, 
     with torch.no_grad():  # a different starting point: resume must take everything from the checkpoint
         for p in resumed_model.parameters():
             p.add_(1.0)
-    second = WeightSaliencyCallback(forget_dataloader=forget)
+    second = WeightSaliencyCallback()  # no forget data: the checkpoint has the mask
     trainer(max_epochs=3, callbacks=[second]).fit(resumed_model, data, ckpt_path=str(tmp_path / "last.ckpt"))
     assert second.saliency_stats["source"] == "checkpoint"
     for name, param in resumed_model.named_parameters():
@@ -650,6 +650,14 @@ def test_a_tied_parameter_is_selected_by_any_of_its_names():
     assert moved > 0.5 * callback.saliency_stats["kept"]
     for name in ("hidden.bias", "head.weight", "head.bias"):
         assert torch.equal(model.get_parameter(name), start[name]), name
+
+
+def test_missing_forget_data_is_an_error_before_any_step():
+    model = PlainClassifier("adamw")
+    start = snapshot(model)
+    with pytest.raises(MisconfigurationException, match=r"needs forget data: pass WeightSaliencyCallback\(forget_dataloader"):
+        trainer(callbacks=[WeightSaliencyCallback()]).fit(model, DataLoader(make_dataset(8, 2), batch_size=4))
+    assert all(torch.equal(p.detach(), start[name]) for name, p in model.named_parameters())
 
 
 @pytest.mark.parametrize("strategy", ["FSDPStrategy", "DeepSpeedStrategy"])
