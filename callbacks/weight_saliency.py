@@ -492,8 +492,10 @@ class WeightSaliencyCallback(Callback):
             start of fit, a ``mask_path`` file that is not a readable mask, does not fit the selected parameters,
             or was made for another forget set, ratio or starting weights (without ``allow_mask_mismatch``).
         FileNotFoundError: at the start of fit, no file at ``mask_path``.
-        MisconfigurationException: in ``setup``, an unsupported strategy, no forget data, or manual optimization
-            without ``loss_fn`` or ``saliency_loss`` (and no ``mask_path``).
+        MisconfigurationException: in ``setup``, an unsupported strategy or manual optimization without
+            ``loss_fn`` or ``saliency_loss`` (and no ``mask_path``); at the mask's start (``on_fit_start``, under
+            ``ModelParallelStrategy`` ``on_train_start``), before any step, no forget data when neither a checkpoint
+            nor ``mask_path`` gives the mask (only then does Lightning say whether the fit resumes).
 
     Example::
 

@@ -7,7 +7,8 @@ save a (distributed) checkpoint and resume from it for the third. Rank 0 writes 
 after each fit and the callback's gathered masks to ``<out>/result.pt``. Then ``salun fit`` for the class-conditional
 DDPM of the diffusers directory ORIGINAL with ``--trainer.strategy=ModelParallelStrategy``, its denoiser sharded by
 the module's ``configure_model``: the run directory ``<out>/diffusion`` gets the whole denoiser, and rank 0 writes
-the gathered mask to ``<out>/diffusion.pt``.
+the gathered mask to ``<out>/diffusion.pt``. Last, a fit without forget data: rank 0 writes its error to
+``<out>/no_forget.pt``.
 
     python tests/fsdp_run.py OUT ORIGINAL   # with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set
 """
@@ -24,6 +25,7 @@ from typing import Optional
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, TensorDataset
 
 from salun_lightning.callbacks import WeightSaliencyCallback
@@ -66,11 +68,12 @@ class Classifier(pl.LightningModule):
 
 
 def fit(callback: WeightSaliencyCallback, sharded: bool, devices: int, steps: int = 3,
-        ckpt_path: Optional[Path] = None, save_to: Optional[Path] = None, with_forget: bool = True) -> Classifier:
-    """``steps`` optimizer steps (resumed from ``ckpt_path`` when given); ``save_to``: a checkpoint at the end;
-    without ``with_forget`` the callback has no forget data."""
+        ckpt_path: Optional[Path] = None, save_to: Optional[Path] = None, with_forget: bool = True,
+        model: Optional[Classifier] = None) -> Classifier:
+    """``steps`` optimizer steps of ``model`` (default: a new one), resumed from ``ckpt_path`` when given; ``save_to``:
+    a checkpoint at the end; without ``with_forget`` the callback has no forget data."""
     forget, retain = data()
-    model = Classifier(sharded)
+    model = model or Classifier(sharded)
     strategy = ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1) if sharded else "auto"
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=steps, callbacks=[callback],
                          logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
@@ -141,6 +144,17 @@ def main(out: Path, original: Path) -> None:
     diffusion = unlearn_diffusion(original, out / "diffusion")
     if torch.distributed.get_rank() == 0:
         torch.save(diffusion, out / "diffusion.pt")
+    # no forget data, no mask file, no checkpoint: every rank stops with the error before any step, none hangs
+    model = Classifier(sharded=True)
+    try:
+        fit(WeightSaliencyCallback(ratio=0.5), sharded=True, devices=2, with_forget=False, model=model)
+        error = "no error"
+    except MisconfigurationException as raised:
+        error = str(raised)
+    unchanged = all(torch.equal(weight, start)
+                    for weight, start in zip(full_weights(model).values(), full_weights(Classifier(False)).values()))
+    if torch.distributed.get_rank() == 0:
+        torch.save({"error": error, "unchanged": unchanged}, out / "no_forget.pt")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,14 +41,18 @@ def fsdp_result(tmp_path_factory):
             ranks.append(subprocess.Popen([sys.executable, str(SCRIPT), str(out), str(original)],
                                           env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=stream,
                                           stderr=subprocess.STDOUT))
-    try:
-        for rank in ranks:
-            rank.wait(timeout=240)
-    finally:
-        for rank in ranks:
+    deadline = time.monotonic() + 270
+    while any(rank.poll() is None for rank in ranks) and time.monotonic() < deadline:
+        if any(rank.poll() not in (None, 0) for rank in ranks):
+            break  # one rank failed: the other may wait for it in a collective
+        time.sleep(0.5)
+    for rank in ranks:
+        if rank.poll() is None:
             rank.kill()
-    for rank, log in zip(ranks, logs):
-        assert rank.returncode == 0, log.read_text()[-3000:]
+        rank.wait()
+    for r, (rank, log) in enumerate(zip(ranks, logs)):
+        assert rank.returncode == 0, f"rank {r} ended with {rank.returncode}:\n" + "\n".join(
+            f"--- rank {i}:\n{text.read_text()[-2500:]}" for i, text in enumerate(logs))
     return torch.load(out / "result.pt", weights_only=True), out, original
 
 
@@ -119,6 +124,13 @@ def test_salun_command_with_a_sharded_denoiser_saves_the_whole_denoiser_and_move
     assert (out / "diffusion" / "mask.safetensors").is_file()  # the run keeps its mask, whole
     config = json.loads((out / "diffusion" / "unet" / "config.json").read_text())
     assert config["_class_name"] == "UNet2DModel"  # not the class fully_shard made
+
+
+def test_fsdp_fit_without_forget_data_stops_every_rank_before_any_step(fsdp_result):
+    _, out, _ = fsdp_result
+    outcome = torch.load(out / "no_forget.pt", weights_only=True)
+    assert outcome["error"].startswith("WeightSaliencyCallback needs forget data: pass WeightSaliencyCallback(")
+    assert outcome["unchanged"]
 
 
 class FakeMesh:
