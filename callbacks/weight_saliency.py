@@ -718,7 +718,7 @@ class WeightSaliencyCallback(Callback):
             pl_module.zero_grad(set_to_none=True)
         lockstep = sharded and trainer.world_size > 1
         collective = _collective_device() if lockstep else flat.device
-        batches = _lockstep(loader, self._resolve_forget_dataloader(trainer), collective) if lockstep else (
+        batches = _lockstep(loader, lambda: self._resolve_forget_dataloader(trainer), collective) if lockstep else (
             (batch, 1) for batch in loader)
         samples, bad_batch, bad_kind, bad_value = 0, -1, "", None
         with torch.enable_grad(), _eval_mode(pl_module), _logging_disabled(pl_module):
@@ -1090,10 +1090,12 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def _lockstep(loader: DataLoader, whole: DataLoader, device: torch.device) -> Iterator[tuple[Any, int]]:
+def _lockstep(
+    loader: DataLoader, whole: Callable[[], DataLoader], device: torch.device
+) -> Iterator[tuple[Any, int]]:
     """This rank's forget batches with weight 1, then, until the rank with the most batches is done, its first batch
-    again (or the whole forget set's first, when this rank has none) with weight 0: every rank takes as many forward
-    and backward passes, which FSDP2 makes collectives."""
+    again (or, when this rank has none, the first of the whole forget set's loader, made by ``whole`` only then) with
+    weight 0: every rank takes as many forward and backward passes, which FSDP2 makes collectives."""
     count = torch.tensor([len(loader)], device=device)
     torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
     spare = None
@@ -1104,7 +1106,7 @@ def _lockstep(loader: DataLoader, whole: DataLoader, device: torch.device) -> It
             spare = batch if spare is None else spare
             yield batch, 1
         else:
-            spare = next(iter(whole)) if spare is None else spare
+            spare = next(iter(whole())) if spare is None else spare
             yield spare, 0
 
 
