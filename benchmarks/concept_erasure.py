@@ -1,4 +1,5 @@
-"""Concept erasure in a tiny latent text-to-image model on a CPU: erase a style, then an object (SPEC section 5).
+"""Concept erasure in a tiny latent text-to-image model on a CPU: erase a style, then an object (the method:
+docs/method.md, 'Diffusion unlearning').
 
 Data: scikit-learn's digits at 16x16 in two styles, ``normal`` and ``inverted`` (intensities 255 - x), written as an
 image folder (``<out>/data/{train,test}/{normal,inverted}/``) with ``prompts.csv``: "an image of the digit {d}" and

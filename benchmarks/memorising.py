@@ -1,7 +1,8 @@
 """A CPU regime where the original model memorises its training set: every method against retrain, several seeds.
 
-SalUn's claim (SPEC section 6) is made where the original model fits its training set (train 100%, test 94%), so that
-random labels overshoot and the saliency mask restrains them. This protocol builds that regime on 2 CPU cores:
+SalUn's claim (docs/method.md, 'Reference numbers') is made where the original model fits its training set (train
+100%, test 94%), so that random labels overshoot and the saliency mask restrains them. This protocol builds that
+regime on 2 CPU cores:
 
 - data: a class-balanced subset of the JPEG copy of CIFAR-10 (default 250 training and 100 test images per class),
   no augmentation (so that the model memorises in few epochs), no validation hold-out;

@@ -1,4 +1,5 @@
-"""The paper's CIFAR-10 protocol (SPEC section 6) in one command, at full scale or scaled down, with its table.
+"""The paper's CIFAR-10 protocol (docs/method.md, 'Reference numbers') in one command, at full scale or scaled
+down, with its table.
 
 For one scenario and one or more seeds: the original model (ResNet-18, 182 epochs, SGD lr 0.1, x0.1 at epochs 91
 and 136), retrain with the same schedule on the retain set, then salun, rl, ft, ga and l1_sparse from the original
@@ -46,7 +47,8 @@ CONFIGS = ROOT / "configs" / "cifar10"
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 UNLEARNING = ("salun", "rl", "ft", "ga", "l1_sparse")
 UNLEARNING_EPOCHS = {"salun": 10, "rl": 10, "ft": 10, "ga": 5, "l1_sparse": 10}  # configs/cifar10/<method>.yaml
-# SPEC section 6: CIFAR-10, ResNet-18, mean of 10 trials (UA, RA, TA, MIA, Avg. Gap); None where not given.
+# The paper's numbers (docs/method.md, 'Reference numbers'): CIFAR-10, ResNet-18, mean of 10 trials (UA, RA, TA, MIA,
+# Avg. Gap); None where not given.
 PAPER = {
     "random10": {
         "retrain": (5.24, 100.00, 94.26, 12.88, 0.0),
@@ -206,7 +208,7 @@ def main() -> None:
           f"{', fits in parallel' if args.parallel else ''}: {time.perf_counter() - started:.0f} s in all\n")
     salun(["report", *(run["dir"] for runs in results.values() for run in runs), "--out",
            str(args.out / args.scenario)])
-    print("\nOurs beside the paper's (SPEC section 6):\n")
+    print("\nOurs beside the paper's (docs/method.md, 'Reference numbers'):\n")
     print(comparison(results, args.scenario))
     print_curves(args)
 

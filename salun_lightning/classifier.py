@@ -17,7 +17,7 @@ Example::
     >>> trainer.fit(model, data)  # writes <run>/model.safetensors; salun also adds the WeightSaliencyCallback
     >>> _ = trainer.test(model, data, verbose=False)  # UA, RA, TA, MIA-Efficacy, RTE -> <run>/metrics.json
     >>> sorted(p.name for p in Path(run).iterdir())
-    ['forget_indices.json', 'forget_set.json', 'metrics.json', 'model.safetensors']
+    ['forget_indices.json', 'forget_set.json', 'manifest.json', 'metrics.json', 'model.safetensors']
 """
 
 from __future__ import annotations
@@ -35,11 +35,20 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from salun_lightning.callbacks import WeightSaliencyCallback
-from salun_lightning.files import write_json
 from salun_lightning.labels import random_forget_labels
 from salun_lightning.metrics import MIAEfficacy
 from salun_lightning.models import build_classifier, load_weights, save_weights
-from salun_lightning.runs import METRICS_FILENAME, MODEL_FILENAME, begin_run, finish_run, mask_output_path, run_directory_of
+from salun_lightning.runs import (
+    METRICS_FILENAME,
+    MODEL_FILENAME,
+    check_writable,
+    close_run,
+    mask_output_path,
+    open_run,
+    run_directory_of,
+    run_id_of,
+    write_output,
+)
 
 Method = Literal["train", "retrain", "ft", "ga", "rl", "l1_sparse", "salun"]
 MODEL_FORMAT = "salun-lightning/classifier"
@@ -69,7 +78,8 @@ METHODS: dict[str, MethodSpec] = {
 
 
 class ClassifierUnlearningModule(LightningModule):
-    """Train an image classifier, or unlearn part of its training data with one of SPEC section 3's methods.
+    """Train an image classifier, or unlearn part of its training data with one of the methods of docs/method.md,
+    'Classifier unlearning'.
 
     Methods: ``train`` (the original model, all training data), ``retrain`` (from scratch on D_r: exact
     unlearning), ``ft`` (fine-tune on D_r), ``ga`` (gradient ascent on D_f), ``rl`` (random labels on D_f plus
@@ -166,6 +176,11 @@ class ClassifierUnlearningModule(LightningModule):
             raise ValueError(f"random_labels must be 'other' or 'any', got {random_labels!r}.")
         if (mask_path or save_mask_path) and not spec.saliency:
             raise ValueError(f"mask_path and save_mask_path belong to method 'salun', not {method!r}.")
+        if compile_backend is not None and compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+            raise ValueError(
+                f"unknown compile_backend {compile_backend!r}; choose one of "
+                f"{', '.join(torch._dynamo.list_backends())} (inductor on GPUs), or null to run eagerly."
+            )
         if num_classes is None or in_channels is None:
             raise ValueError(
                 "num_classes and in_channels are required: give the data's class count and image channels (the salun "
@@ -176,8 +191,10 @@ class ClassifierUnlearningModule(LightningModule):
         self.num_classes = num_classes
         self.net = build_classifier(model, num_classes, in_channels)
         self.fit_minutes: Optional[float] = None
+        self.run_id: Optional[str] = None  # the run that made the weights (manifest.json), once known
         self.model_path: Optional[str] = None  # the saved model given to load_model, if any
         self._fit_started: Optional[float] = None
+        self._minutes_before: Optional[float] = None  # minutes of the fit before a resume (from the checkpoint)
         if original_weights is not None:
             load_weights(self.net, original_weights, "original_weights")
         self._channels_last = bool(channels_last)
@@ -205,6 +222,7 @@ class ClassifierUnlearningModule(LightningModule):
         self._check_saved_method(metadata.get("method"), repr(path))
         minutes = metadata.get("fit_minutes")
         self.fit_minutes = float(minutes) if minutes not in (None, "None") else None
+        self.run_id = metadata.get("run_id") if metadata.get("run_id") not in (None, "None") else None
         self.model_path = path
 
     def forward(self, images: Tensor) -> Tensor:
@@ -255,7 +273,8 @@ class ClassifierUnlearningModule(LightningModule):
         return loss
 
     def saliency_loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """The loss the saliency mask ranks weights by: cross-entropy with the true labels (SPEC 1, item 5)."""
+        """The loss the saliency mask ranks weights by: cross-entropy with the true labels (docs/method.md, 'The
+        weight saliency mask')."""
         return F.cross_entropy(self(batch["image"]), batch["label"])
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -265,20 +284,29 @@ class ClassifierUnlearningModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
+        if stage == "fit":  # before the callbacks' on_fit_start, so that RTE includes the saliency mask
+            open_run(self.trainer, hp.method)
+            self._fit_started = time.perf_counter()
         on_cuda = self.trainer.strategy.root_device.type == "cuda"
         self._channels_last = on_cuda if hp.channels_last is None else hp.channels_last
         if self._channels_last:
             self.net.to(memory_format=torch.channels_last)
         if hp.compile_backend is not None and self._compiled is None:
             self.__dict__["_compiled"] = torch.compile(self.net, backend=hp.compile_backend)
-        if stage == "fit":  # before the callbacks' on_fit_start, so that RTE includes the saliency mask
-            if self.trainer.is_global_zero:
-                begin_run(self.trainer.default_root_dir)
-            self._fit_started = time.perf_counter()
+
+    def run_inputs(self) -> dict[str, Optional[str]]:
+        """The files this module reads during a fit (a fit refuses a run directory that holds one of them)."""
+        return {"original_weights": self.hparams.original_weights, "mask_path": self.hparams.mask_path}
+
+    def elapsed_minutes(self) -> Optional[float]:
+        """Minutes of the fit so far, a resumed fit's earlier part included (``None`` before a fit starts)."""
+        if self._fit_started is None:
+            return self._minutes_before
+        return (self._minutes_before or 0.0) + (time.perf_counter() - self._fit_started) / 60
 
     def on_fit_end(self) -> None:
-        if self._fit_started is not None:
-            self.fit_minutes = (time.perf_counter() - self._fit_started) / 60
+        self.fit_minutes = self.elapsed_minutes()
+        self.run_id = run_id_of(self.trainer)
         if self.trainer.is_global_zero:
             hp, root = self.hparams, Path(self.trainer.default_root_dir)
             metadata = {
@@ -288,16 +316,20 @@ class ClassifierUnlearningModule(LightningModule):
                 "num_classes": hp.num_classes,
                 "in_channels": hp.in_channels,
                 "fit_minutes": self.fit_minutes,
+                "run_id": self.run_id,
             }
             save_weights(self.net, root / MODEL_FILENAME, metadata)
-            finish_run(root)
+        close_run(self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["fit_minutes"] = self.fit_minutes
+        checkpoint["fit_minutes"] = self.elapsed_minutes() if self.fit_minutes is None else self.fit_minutes
+        checkpoint["run_id"] = run_id_of(self.trainer) if self._trainer is not None else self.run_id
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_saved_method(checkpoint.get("hyper_parameters", {}).get("method"), "the checkpoint")
         self.fit_minutes = checkpoint.get("fit_minutes")
+        self._minutes_before = self.fit_minutes  # a resumed fit adds its own minutes to these (RTE)
+        self.run_id = checkpoint.get("run_id")
 
     def _check_saved_method(self, saved: Optional[str], source: str) -> None:
         """Refuse weights saved by another method: their metrics would carry the wrong method's name."""
@@ -309,6 +341,7 @@ class ClassifierUnlearningModule(LightningModule):
 
     # ------------------------------------------------------------------------------------------------ testing
     def on_test_start(self) -> None:
+        check_writable(self.tested_run_directory(), METRICS_FILENAME)  # before any test batch
         for metric in (*self.test_accuracy.values(), self.mia):
             metric.reset()
 
@@ -338,13 +371,14 @@ class ClassifierUnlearningModule(LightningModule):
             "TA": accuracy["test"],
             "MIA": self.mia.compute().item(),
             "RTE": self.fit_minutes,
+            "run_id": self.run_id,
         }
         if "test_forgotten_class" in accuracy:
             results["forgotten_class_test_accuracy"] = accuracy["test_forgotten_class"]
         for key in ("UA", "RA", "TA", "MIA"):
             self.log(f"test/{key}", results[key], add_dataloader_idx=False)
         if self.trainer.is_global_zero:
-            write_json(self.tested_run_directory() / METRICS_FILENAME, results)
+            write_output(self.tested_run_directory(), METRICS_FILENAME, results)
             rank_zero_info("test: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items() if isinstance(v, float)))
 
     def tested_run_directory(self) -> Path:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -36,13 +37,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import ArgsType, LightningCLI
+import yaml
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
+from typing_extensions import override
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from salun_lightning import report
 from salun_lightning.callbacks import WeightSaliencyCallback
-from salun_lightning.runs import MODEL_FILENAME, read_forget_set, run_directory_of
+from salun_lightning.files import write_atomically
+from salun_lightning.runs import CONFIG_FILENAME, MODEL_FILENAME, check_writable, read_forget_set, run_directory_of
 
 # What the model needs to know about the data: (data attribute, model argument, conversion). A link whose model
 # argument the chosen model class lacks is skipped.
@@ -53,6 +57,10 @@ DATA_TO_MODEL: tuple[tuple[str, str, Optional[Callable[[Any], Any]]], ...] = (
     ("class_names", "class_names", None),
     ("class_prompts", "class_prompts", None),
     ("forget_class_index", "forget_class", None),
+)
+CONFIG_HEADER = (
+    "The whole run, as `salun fit` ran it: the values linked from the data into the model (num_classes, in_channels, "
+    "...) and the training stream chosen by the method are filled in. Rerun or test with --config <this file>."
 )
 # ModuleNotFoundError: an optional extra that is not installed (the message names it)
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ModuleNotFoundError, MisconfigurationException)
@@ -84,6 +92,33 @@ def stream_of_method(class_path: Optional[str], method: Optional[str]) -> Option
     return getattr(spec, "stream", None)
 
 
+class RunConfigCallback(SaveConfigCallback):
+    """Save the fit's whole configuration as ``<run directory>/config.yaml`` (not the logger's folder), with the
+    values linked from the data into the model (class count, image shape, ...) filled in, as the model got them."""
+
+    @override
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        directory = Path(trainer.default_root_dir)  # the run's, once the data module's setup has opened it
+        check_writable(directory, CONFIG_FILENAME)
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        model_args = config.get("model", {}).setdefault("init_args", {})
+        accepted = inspect.signature(type(pl_module)).parameters
+        for target in dict.fromkeys(target for _, target, _ in DATA_TO_MODEL):  # as the model got them, or none
+            model_args.pop(target, None)
+            if target in accepted and target in pl_module.hparams:
+                model_args[target] = _plain(pl_module.hparams[target])
+        data_args = config.get("data", {}).setdefault("init_args", {})
+        if trainer.datamodule is not None and "stream" in trainer.datamodule.hparams:
+            data_args["stream"] = trainer.datamodule.hparams["stream"]
+        text = f"# {CONFIG_HEADER}\n" + yaml.safe_dump(config, sort_keys=False)
+        write_atomically(directory / CONFIG_FILENAME, lambda stream: stream.write(text.encode()))
+
+
+def _plain(value: Any) -> Any:
+    """A hyper-parameter as YAML writes it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 class SalunCLI(LightningCLI):
     """LightningCLI over any LightningModule and LightningDataModule, with the data linked into the model.
 
@@ -98,7 +133,8 @@ class SalunCLI(LightningCLI):
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
+            save_config_callback=RunConfigCallback,
+            save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
             args=args,
             run=run,
         )
@@ -140,19 +176,32 @@ class SalunCLI(LightningCLI):
     def test(self, model: LightningModule, datamodule: Optional[LightningDataModule] = None,
              ckpt_path: Optional[str] = None, **kwargs: Any) -> None:
         """Test a saved model: ``ckpt_path`` (safetensors or checkpoint), else ``<default_root_dir>/model.safetensors``."""
+        ckpt_path = self._load_saved_model(model, datamodule, ckpt_path, "test")
+        self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+
+    def validate(self, model: LightningModule, datamodule: Optional[LightningDataModule] = None,
+                 ckpt_path: Optional[str] = None, **kwargs: Any) -> None:
+        """Validate a saved model, as :meth:`test` finds it (a fit's model, not the weights it started from)."""
+        ckpt_path = self._load_saved_model(model, datamodule, ckpt_path, "validate")
+        self.trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+
+    def _load_saved_model(self, model: LightningModule, datamodule: Optional[LightningDataModule],
+                          ckpt_path: Optional[str], command: str) -> Optional[str]:
+        """Load ``ckpt_path`` (a ``model.safetensors``) or ``<default_root_dir>/model.safetensors`` into ``model``;
+        return the checkpoint for Lightning to restore instead, if that is what was given."""
         path = Path(ckpt_path) if ckpt_path else Path(self.trainer.default_root_dir) / MODEL_FILENAME
         if not path.is_file():
             raise FileNotFoundError(
-                f"no saved model to test: {path} does not exist. Fit first, or give --ckpt_path <run>/"
+                f"no saved model to {command}: {path} does not exist. Fit first, or give --ckpt_path <run>/"
                 f"{MODEL_FILENAME} (or a Lightning checkpoint)."
             )
         check_same_forget_set(run_directory_of(path), datamodule)
-        if path.suffix == ".safetensors":  # a checkpoint's method is checked by the module as it loads
-            if not callable(getattr(model, "load_model", None)):
-                raise ValueError(f"{type(model).__name__} cannot load {path.name}; give a Lightning checkpoint.")
-            model.load_model(str(path))
-            ckpt_path = None
-        self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+        if path.suffix != ".safetensors":  # a checkpoint's method is checked by the module as it loads
+            return str(path)
+        if not callable(getattr(model, "load_model", None)):
+            raise ValueError(f"{type(model).__name__} cannot load {path.name}; give a Lightning checkpoint.")
+        model.load_model(str(path))
+        return None
 
 
 def check_same_forget_set(run_dir: Path, datamodule: Any) -> None:

@@ -1,4 +1,5 @@
-"""Random-label targets of the ``rl`` and ``salun`` forget losses (SPEC sections 3 and 5).
+"""Random-label targets of the ``rl`` and ``salun`` forget losses (docs/method.md, 'Classifier unlearning', and the
+random pseudo class of 'Diffusion unlearning').
 
 Example::
 

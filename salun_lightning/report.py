@@ -143,7 +143,23 @@ def _skip_reason(path: Path) -> Optional[str]:
         return f"marked {INCOMPLETE_FILENAME}: a fit there is running or failed{stale}"
     if not (path / METRICS_FILENAME).is_file():
         return f"no {METRICS_FILENAME} (not a run directory, or its model was not tested)"
-    return None
+    return _mixed_runs(path)
+
+
+def _mixed_runs(path: Path) -> Optional[str]:
+    """Why the files of ``path`` do not belong together (their ``run_id``\ s differ), or None."""
+    try:
+        tested = json.loads((path / METRICS_FILENAME).read_text()).get("run_id")
+        forget_set = read_forget_set(path)
+    except (AttributeError, ValueError):
+        return None  # reported by _load_run, which names the broken file
+    drawn = forget_set.get("run_id") if forget_set is not None else None
+    if tested is None or drawn is None or tested == drawn:
+        return None
+    return (
+        f"its {METRICS_FILENAME} (run {tested[:8]}) and {FORGET_SET_FILENAME} (run {drawn[:8]}) come from different "
+        "runs: test the model again with the run's config.yaml, or fit again"
+    )
 
 
 def _load_run(directory: Path) -> _Run:

@@ -1,31 +1,50 @@
-"""The run directory: what a run writes, and how a reader tells a finished run from a failed or running one.
+"""The run directory: what a run writes, what it may replace, and how a reader tells a finished run from a failed one.
 
 A run directory (``trainer.default_root_dir``) holds:
 
+- ``manifest.json``: the run's identity (``run_id``, start time) and the names of the outputs the project owns there
+  (:data:`RUN_OUTPUTS`); a later fit replaces those and nothing else;
 - ``config.yaml``: the whole configuration (written by the ``salun`` command line);
 - ``forget_set.json``: the forget set the data module drew (:data:`FORGET_SET_FILENAME`; ``id``, ``description``,
-  ``dataset``, ``seed``, ``count``) and ``forget_indices.json``, its indices (a JSON list, reusable as a deletion
-  request);
+  ``dataset``, ``seed``, ``count``, ``run_id``) and ``forget_indices.json``, its indices (a JSON list, reusable as a
+  deletion request);
 - the model the fit produced: ``model.safetensors`` for classifiers, ``unet/`` (and the rest of a diffusers
   pipeline) for diffusion models;
-- ``mask.safetensors``: the saliency mask a ``salun`` fit computed, with its provenance (forget set, ratio, loss,
-  starting weights; see :class:`~salun_lightning.callbacks.WeightSaliencyCallback`), unless the fit loaded its mask
-  from ``mask_path`` or was told to write it elsewhere (``save_mask_path``);
-- ``metrics.json``: the test results, written only by a test of that model.
+- ``mask.safetensors``: the saliency mask a ``salun`` fit computed, with its provenance, unless the fit loaded its
+  mask from ``mask_path`` or was told to write it elsewhere (``save_mask_path``);
+- ``metrics.json``: the test results, written only by a test of that model (with the model's ``run_id``);
+- ``logs/``: the curves (Lightning's CSV logger, and TensorBoard's when it is installed) and
+  ``checkpoints/last.ckpt``: Lightning's own, never removed by a refit (a resume needs them).
 
-A fit marks its directory incomplete first (:func:`begin_run`: the marker file ``INCOMPLETE`` is written and the
-outputs of an earlier run there are removed), and clears the mark only when it has written its model
-(:func:`finish_run`). A run that fails or is killed therefore leaves the marker and no ``metrics.json``: nothing that
-looks finished. Readers (``salun report``) skip marked directories.
+Every rank of a fit calls :func:`open_run` from ``setup("fit")`` (the data module's and the LightningModule's; the
+first call of a fit does the work, before anything is written):
+
+1. the directory: ``trainer.default_root_dir``, or, when that is the current directory (the Trainer's default: no
+   run directory was given), a fresh ``runs/<name>/version_<N>`` below it, announced on the log;
+2. refuses an input of the run (``original_weights``, ``mask_path``, ``pretrained``, ``forget_indices_file``, ...:
+   the modules' ``run_inputs()``) that lies inside the directory, which the fit would clear;
+3. refuses a directory holding a file or folder of an output's name that no run wrote there (not in a manifest):
+   nothing deletes or overwrites a file the project did not write;
+4. marks the directory ``INCOMPLETE``, removes the previous run's outputs and writes the new manifest.
+
+The mark goes only when the model is written (:func:`close_run`), so a run that fails or is killed leaves the
+marker and no ``metrics.json``: nothing that looks finished. Readers (``salun report``) skip marked directories,
+and directories whose ``metrics.json`` and ``forget_set.json`` carry different ``run_id``\\ s.
 
 Example::
 
     >>> import tempfile
+    >>> from lightning.pytorch import Trainer
     >>> run = Path(tempfile.mkdtemp())
-    >>> begin_run(run); is_incomplete(run)
-    True
-    >>> finish_run(run); is_incomplete(run)
+    >>> trainer = Trainer(default_root_dir=run, logger=False, enable_progress_bar=False)
+    >>> open_run(trainer) == run, is_incomplete(run), sorted(p.name for p in run.iterdir())
+    (True, True, ['INCOMPLETE', 'manifest.json'])
+    >>> close_run(trainer); is_incomplete(run)
     False
+    >>> (run / "notes.txt").write_text("mine")  # not an output: a refit leaves it alone
+    4
+    >>> write_output(run, METRICS_FILENAME, {"UA": 1.0}); sorted(p.name for p in run.iterdir())
+    ['manifest.json', 'metrics.json', 'notes.txt']
     >>> run_directory_of(run / "checkpoints" / "last.ckpt") == run
     True
 """
@@ -36,39 +55,153 @@ import json
 import os
 import shutil
 import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
+
+from lightning.pytorch.utilities import rank_zero_info
 
 from salun_lightning.files import write_atomically, write_json
 
 PathLike = Union[str, os.PathLike]
 
+MANIFEST_FILENAME = "manifest.json"
+MANIFEST_FORMAT = "salun-lightning/run"
+CONFIG_FILENAME = "config.yaml"
 METRICS_FILENAME = "metrics.json"
 FORGET_SET_FILENAME = "forget_set.json"
 FORGET_INDICES_FILENAME = "forget_indices.json"
 INCOMPLETE_FILENAME = "INCOMPLETE"
 MODEL_FILENAME = "model.safetensors"
 MASK_FILENAME = "mask.safetensors"
+RUN_FILENAME = "run.json"
 CHECKPOINTS_DIRNAME = "checkpoints"
-# What a fit produces: removed when a new fit starts in the directory, so that nothing stale survives it.
-RUN_OUTPUTS = (METRICS_FILENAME, MODEL_FILENAME, MASK_FILENAME, "run.json", "unet", "scheduler")
+LOGS_DIRNAME = "logs"
+SAMPLES_DIRNAME = "samples"
+# What the project writes into a run directory (files, and the folders of a diffusers pipeline): a refit replaces
+# these where a manifest says the project wrote them, and refuses to start where it does not.
+RUN_OUTPUTS = (
+    CONFIG_FILENAME, FORGET_SET_FILENAME, FORGET_INDICES_FILENAME, MODEL_FILENAME, MASK_FILENAME, METRICS_FILENAME,
+    RUN_FILENAME, "unet", "scheduler", "vae", "text_encoder", "tokenizer", SAMPLES_DIRNAME,
+)
+FRESH_RUNS_DIRNAME = "runs"
 
 
-def begin_run(directory: PathLike) -> None:
-    """Mark ``directory`` incomplete and remove the outputs of an earlier run there (call on rank zero)."""
+@dataclass(frozen=True)
+class OpenRun:
+    """The run directory of the fit in progress and the run's identity."""
+
+    directory: Path
+    run_id: str
+    owners: tuple[int, int]  # ids of the LightningModule and data module it was opened for
+
+
+def open_run(trainer: Any, name: str = "run") -> Path:
+    """Prepare the run directory of ``trainer``'s fit (see the module docstring) and return it; call on every rank.
+
+    The first call of a fit checks, marks and clears; later calls (the other module's ``setup``) return the same
+    directory. ``name`` names the fresh folder when no run directory was given (``runs/<name>/version_<N>``).
+
+    Raises:
+        ValueError: an input lies inside the directory, or the directory holds outputs no run wrote there (the
+            message names them and the fix).
+    """
+    owners = (id(trainer.lightning_module), id(trainer.datamodule))
+    current: Optional[OpenRun] = trainer.__dict__.get("_salun_run")
+    if current is not None and current.owners == owners:
+        return current.directory
+    strategy = trainer.strategy
+    given = Path(trainer.default_root_dir).expanduser()
+    fresh = given.resolve() == Path.cwd().resolve()
+    chosen = _claim_fresh_directory(given / FRESH_RUNS_DIRNAME / name) if fresh and trainer.is_global_zero else None
+    directory = Path(strategy.broadcast(str(chosen) if fresh else str(given)))
+    _check_inputs(directory, _inputs(trainer))
+    previous = _check_owned(directory)
+    strategy.barrier("salun_open_run")  # every rank has read the directory before rank zero changes it
+    run_id = uuid.uuid4().hex if trainer.is_global_zero else ""
+    error: Optional[BaseException] = None
+    if trainer.is_global_zero:
+        try:
+            _start(directory, run_id, previous)
+        except OSError as caught:
+            error = caught
+    if strategy.reduce_boolean_decision(error is not None, all=False):
+        raise error if error is not None else RuntimeError(f"rank zero could not prepare the run directory {directory}")
+    run_id = strategy.broadcast(run_id)
+    trainer.__dict__["_salun_run"] = OpenRun(directory, run_id, owners)
+    trainer._default_root_dir = str(directory)  # checkpoints, the saved config and the test follow the run
+    if fresh:
+        rank_zero_info(f"no run directory was given (trainer.default_root_dir): this run writes into {directory}")
+    return directory
+
+
+def method_name(model: Any) -> str:
+    """The ``method`` hyper-parameter of a model (``"run"`` without one): the name of a fresh run directory."""
+    method = getattr(getattr(model, "hparams", None), "method", None)
+    return method if isinstance(method, str) and method else "run"
+
+
+def run_id_of(trainer: Any) -> Optional[str]:
+    """The ``run_id`` of ``trainer``'s open run (``None`` when no fit opened one)."""
+    current: Optional[OpenRun] = getattr(trainer, "__dict__", {}).get("_salun_run")
+    return current.run_id if current is not None else None
+
+
+def close_run(trainer: Any, finished: bool = True) -> None:
+    """End the open run of ``trainer`` (call on every rank): when ``finished`` (its model is written), rank zero
+    clears the ``INCOMPLETE`` mark; otherwise the directory stays marked."""
+    current: Optional[OpenRun] = trainer.__dict__.pop("_salun_run", None)
+    directory = current.directory if current is not None else Path(trainer.default_root_dir)
+    if finished and trainer.is_global_zero:
+        (directory / INCOMPLETE_FILENAME).unlink(missing_ok=True)
+
+
+def write_output(directory: PathLike, name: str, payload: Any) -> None:
+    """Write the JSON output ``name`` (one of :data:`RUN_OUTPUTS`) into ``directory``, recording it in the manifest.
+
+    Raises:
+        ValueError: ``directory`` holds a ``name`` that no run wrote there (it is never overwritten).
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    note = (
-        f"A fit started here at {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()}) and has not finished: "
-        "it is still running, failed or was killed. Its metrics must not be trusted; run it again.\n"
-    ).encode()
-    write_atomically(directory / INCOMPLETE_FILENAME, lambda stream: stream.write(note))
-    for name in RUN_OUTPUTS:
-        path = directory / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+    check_writable(directory, name)
+    write_json(directory / name, payload)
+    _record(directory, [name])
+
+
+def check_writable(directory: PathLike, name: str) -> None:
+    """Refuse to replace ``directory/name`` unless the project wrote it (its manifest lists it) or it does not exist.
+
+    Raises:
+        ValueError: it exists and no manifest lists it (the message says what to do).
+    """
+    directory = Path(directory)
+    if (directory / name).exists() and name not in _owned_names(read_manifest(directory)):
+        raise ValueError(_foreign_message(directory, [name]))
+
+
+def read_manifest(directory: PathLike) -> Optional[dict[str, Any]]:
+    """The ``manifest.json`` of a run directory, or ``None`` when it has none.
+
+    Raises:
+        ValueError: the file is not a manifest of this project (the message names the file).
+    """
+    path = Path(directory) / MANIFEST_FILENAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+    if not isinstance(record, dict) or record.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path} is not a salun run manifest (format {MANIFEST_FORMAT!r}); it is not replaced.")
+    return record
+
+
+def is_incomplete(directory: PathLike) -> bool:
+    """Whether a fit started in ``directory`` and did not finish."""
+    return (Path(directory) / INCOMPLETE_FILENAME).exists()
 
 
 def mask_output_path(save_mask_path: Optional[str], mask_path: Optional[str], run: Optional[PathLike]) -> Optional[str]:
@@ -82,16 +215,6 @@ def mask_output_path(save_mask_path: Optional[str], mask_path: Optional[str], ru
     if save_mask_path is not None or mask_path is not None or run is None:
         return save_mask_path
     return str(Path(run) / MASK_FILENAME)
-
-
-def finish_run(directory: PathLike) -> None:
-    """Clear the incomplete mark of ``directory`` (call on rank zero once the model is written)."""
-    (Path(directory) / INCOMPLETE_FILENAME).unlink(missing_ok=True)
-
-
-def is_incomplete(directory: PathLike) -> bool:
-    """Whether a fit started in ``directory`` and did not finish."""
-    return (Path(directory) / INCOMPLETE_FILENAME).exists()
 
 
 def run_directory_of(model_path: PathLike) -> Path:
@@ -125,3 +248,96 @@ def read_forget_set(directory: PathLike) -> Optional[dict[str, Any]]:
     if not isinstance(record, dict) or not isinstance(record.get("id"), str):
         raise ValueError(f"{path} must hold a JSON object with a string 'id' (the forget set's identity)")
     return record
+
+
+# ---------------------------------------------------------------------------------------------------- internals
+def _claim_fresh_directory(base: Path) -> Path:
+    """Create and return the first ``base/version_<N>`` that does not exist (as Lightning's loggers number runs)."""
+    base.mkdir(parents=True, exist_ok=True)
+    version = 0
+    while True:
+        candidate = base / f"version_{version}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            version += 1
+
+
+def _inputs(trainer: Any) -> dict[str, str]:
+    """The files and folders the fit reads, by argument name (the modules' ``run_inputs()``)."""
+    inputs: dict[str, str] = {}
+    for owner in (trainer.lightning_module, trainer.datamodule):
+        described = getattr(owner, "run_inputs", None)
+        if callable(described):
+            inputs.update({name: str(path) for name, path in described().items() if path is not None})
+    return inputs
+
+
+def _check_inputs(directory: Path, inputs: Mapping[str, str]) -> None:
+    root = directory.expanduser().resolve()
+    inside = []
+    for name, value in inputs.items():
+        path = Path(value).expanduser()
+        if path.exists() and (path.resolve() == root or root in path.resolve().parents):
+            inside.append(f"{name} ({value})")
+    if inside:
+        raise ValueError(
+            f"{' and '.join(inside)} lie{'s' if len(inside) == 1 else ''} inside the run directory {directory}, which "
+            "this fit clears and writes into: copy the input elsewhere, or give the fit another run directory "
+            "(trainer.default_root_dir)."
+        )
+
+
+def _owned_names(manifest: Optional[Mapping[str, Any]]) -> set[str]:
+    outputs = manifest.get("outputs", []) if manifest is not None else []
+    return {name for name in outputs if isinstance(name, str) and name in RUN_OUTPUTS}
+
+
+def _check_owned(directory: Path) -> set[str]:
+    """The outputs an earlier run wrote in ``directory`` (to be replaced); raise when others are there too."""
+    owned = _owned_names(read_manifest(directory))
+    foreign = [name for name in RUN_OUTPUTS if name not in owned and (directory / name).exists()]
+    if foreign:
+        raise ValueError(_foreign_message(directory, foreign))
+    return owned
+
+
+def _foreign_message(directory: Path, names: Iterable[str]) -> str:
+    listed = ", ".join(names)
+    return (
+        f"{directory} holds {listed}, which no salun run wrote there (its {MANIFEST_FILENAME} does not list "
+        f"{'it' if ',' not in listed else 'them'}); nothing here replaces files it did not write. Give the run "
+        "another directory (trainer.default_root_dir), or move those files away."
+    )
+
+
+def _start(directory: Path, run_id: str, previous: Iterable[str]) -> None:
+    """Mark ``directory`` incomplete, remove the ``previous`` outputs and write the new manifest (rank zero)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    note = (
+        f"A fit started here at {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()}, run {run_id}) and has not "
+        "finished: it is still running, failed or was killed. Its metrics must not be trusted; run it again.\n"
+    ).encode()
+    write_atomically(directory / INCOMPLETE_FILENAME, lambda stream: stream.write(note))
+    for name in previous:
+        path = directory / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "run_id": run_id,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "outputs": list(RUN_OUTPUTS),
+    }
+    write_json(directory / MANIFEST_FILENAME, manifest)
+
+
+def _record(directory: Path, names: Iterable[str]) -> None:
+    """Add ``names`` to the outputs the manifest of ``directory`` lists (a test writing beside a model file)."""
+    manifest = read_manifest(directory) or {"format": MANIFEST_FORMAT, "run_id": None, "outputs": []}
+    outputs = list(manifest.get("outputs", []))
+    manifest["outputs"] = outputs + [name for name in names if name not in outputs]
+    write_json(directory / MANIFEST_FILENAME, manifest)

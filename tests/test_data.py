@@ -380,8 +380,9 @@ def test_fit_serves_its_stream_and_writes_the_forget_set(tmp_path, stream):
     run = Path(trainer.default_root_dir)
     assert json.loads((run / "forget_indices.json").read_text()) == data.split.forget.tolist()
     record = json.loads((run / "forget_set.json").read_text())
+    run_id = json.loads((run / "manifest.json").read_text())["run_id"]
     assert record == {"id": data.forget_set_id, "description": "random 10%", "dataset": "digits", "seed": 0,
-                      "count": len(data.split.forget)}
+                      "count": len(data.split.forget), "run_id": run_id}
 
 
 def test_no_stream_is_a_clear_error(tmp_path):

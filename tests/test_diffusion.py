@@ -198,6 +198,11 @@ def test_prompts_come_from_a_csv_for_an_image_folder(tmp_path):
         DiffusionDataModule(**arguments).setup("fit")
     with pytest.raises(FileNotFoundError, match=r"prompts_csv '.*missing.csv' does not exist"):
         DiffusionDataModule(**{**arguments, "prompts_csv": str(tmp_path / "missing.csv")}).setup("fit")
+    with open(tmp_path / "prompts.csv", "w", newline="") as stream:  # an empty prompt would train the null condition
+        csv.writer(stream).writerows([["file", "caption"], ["cat/a.png", "a cat on a mat"], ["dog/a.png", "  "]])
+    with pytest.raises(ValueError, match=r"empty 'caption' for 1 images, e.g. dog/a.png: an empty prompt is the "
+                                         r"unconditional prompt"):
+        DiffusionDataModule(**arguments, prompt_column="caption").setup("fit")
 
 
 # ---------------------------------------------------------------------------------------------------- training

@@ -1,4 +1,5 @@
-"""Classifier metrics against hand-computed values and the attacker SPEC section 4 prescribes, with and without DDP."""
+"""Classifier metrics against hand-computed values and the attacker of docs/method.md, 'Classifier metrics', with and
+without DDP."""
 
 import doctest
 import math
@@ -145,7 +146,8 @@ def test_mia_efficacy_identical_larger_group_equals_equal_sizes(larger, seed):
 
 @pytest.mark.parametrize(("n_retain", "n_test"), [(60, 25), (25, 60)])
 def test_mia_efficacy_fits_the_spec_attacker_on_a_balanced_shadow_set(monkeypatch, n_retain, n_test):
-    """The attacker as SPEC section 4 states it, observed through a recording stand-in for ``SVC``.
+    """The attacker as docs/method.md ('Classifier metrics') states it, observed through a recording stand-in for
+    ``SVC``.
 
     Retain and test values are disjoint (retain >= 0.4 > test), so a fit value tells its group by hand.
     """
@@ -220,7 +222,7 @@ def test_mia_efficacy_errors(arguments, match):
 
 def test_average_gap_hand_values():
     retrain = {"UA": 5.24, "RA": 100.0, "TA": 94.26, "MIA": 12.88, "RTE": 43.29}
-    salun = {"UA": 2.85, "RA": 99.62, "TA": 93.93, "MIA": 14.39, "RTE": 2.66}  # SPEC section 6
+    salun = {"UA": 2.85, "RA": 99.62, "TA": 93.93, "MIA": 14.39, "RTE": 2.66}  # docs/method.md, 'Reference numbers'
     assert average_gap(salun, retrain) == pytest.approx((2.39 + 0.38 + 0.33 + 1.51) / 4)
     assert round(average_gap(salun, retrain), 2) == 1.15
     assert average_gap(retrain, retrain) == 0.0

@@ -65,7 +65,8 @@ def write_run(
 
 @pytest.fixture
 def single_seed_runs(tmp_path):
-    """SPEC section 6's retrain and salun rows, plus an ft run with an Avg. Gap of exactly 4."""
+    """The paper's retrain and salun rows (docs/method.md, 'Reference numbers'), plus an ft run with an Avg. Gap of
+    exactly 4."""
     return [
         write_run(tmp_path, "ft", "ft", 0, 1.24, 98.0, 92.26, 4.88, 2.0),
         write_run(tmp_path, "salun", "salun", 0, 2.85, 99.62, 93.93, 14.39, 2.66, epochs=10),

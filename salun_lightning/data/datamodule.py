@@ -25,7 +25,15 @@ from salun_lightning.data.sources import (
     prepare_source,
 )
 from salun_lightning.data.splits import Split, forget_set_id, make_split, read_indices_file, resolve_class
-from salun_lightning.runs import write_forget_set
+from salun_lightning.runs import (
+    FORGET_INDICES_FILENAME,
+    FORGET_SET_FILENAME,
+    check_writable,
+    method_name,
+    open_run,
+    run_id_of,
+    write_forget_set,
+)
 
 STREAMS = ("full", "retain", "forget", "forget_retain")
 SCHEDULES = ("sequential", "interleaved")
@@ -356,10 +364,51 @@ class UnlearningDataModule(ImageSourceDataModule):
     # ---------------------------------------------------------------------------------------------- data hooks
     @override
     def setup(self, stage: str = "fit") -> None:
-        """Load the data and draw the splits (once); for ``fit``, write the forget set into the run directory."""
+        """Load the data and draw the splits (once); for ``fit``, check the model against the data, open the run
+        directory (:func:`~salun_lightning.runs.open_run`) and write the forget set into it.
+
+        Raises:
+            ValueError: the trainer's model trains on another stream than ``stream``, or has fewer classes than the
+                data; or the run directory cannot be used (see :func:`~salun_lightning.runs.open_run`).
+        """
         self._draw_split()
-        if stage == "fit":
-            self._write_forget_set()
+        if stage != "fit":
+            return
+        if self.trainer is not None:
+            model = self.trainer.lightning_module
+            if model is not None:
+                self._check_model(model)
+            directory = open_run(self.trainer, method_name(model))
+            if self.trainer.is_global_zero:
+                self._write_forget_set(directory, run_id_of(self.trainer))
+        elif self.hparams.run_dir is not None and rank_zero_only.rank == 0:
+            directory = Path(self.hparams.run_dir).expanduser()
+            for name in (FORGET_SET_FILENAME, FORGET_INDICES_FILENAME):
+                check_writable(directory, name)
+            self._write_forget_set(directory, None)
+
+    def run_inputs(self) -> dict[str, Optional[str]]:
+        """The files this data module reads during a fit (a fit refuses a run directory that holds one of them)."""
+        return {"forget_indices_file": self.hparams.forget_indices_file, "data_path": self.hparams.data_path}
+
+    def _check_model(self, model: Any) -> None:
+        """Refuse a model that would train on the wrong stream or meet labels beyond its classes (before any work)."""
+        stream = getattr(model, "train_stream", None)
+        if stream is not None and stream != self.hparams.stream:
+            method = getattr(model.hparams, "method", "?")
+            served = "no training stream" if self.hparams.stream is None else f"the {self.hparams.stream!r} stream"
+            raise ValueError(
+                f"the data module serves {served} but the model's method {method!r} trains "
+                f"on {stream!r}: its results would be another method's. Create the data module with "
+                "stream=model.train_stream (the salun command line links it)."
+            )
+        classes = getattr(model.hparams, "num_classes", None)
+        if isinstance(classes, int) and classes < self.num_classes:
+            raise ValueError(
+                f"the model has num_classes={classes} but {self.hparams.dataset} has {self.num_classes} classes "
+                f"(labels 0..{self.num_classes - 1}): pass num_classes=data.num_classes (the salun command line "
+                "links it)."
+            )
 
     def _draw_split(self) -> None:
         if self.split is None:
@@ -518,13 +567,7 @@ class UnlearningDataModule(ImageSourceDataModule):
             persistent_workers=workers > 0,
         )
 
-    def _write_forget_set(self) -> None:
-        if self.trainer is not None:
-            directory, is_zero = self.trainer.default_root_dir, self.trainer.is_global_zero
-        else:
-            directory, is_zero = self.hparams.run_dir, rank_zero_only.rank == 0
-        if directory is None or not is_zero:
-            return
+    def _write_forget_set(self, directory: Path, run_id: Optional[str]) -> None:
         forget = self._split().forget
         record = {
             "id": self.forget_set_id,
@@ -532,8 +575,10 @@ class UnlearningDataModule(ImageSourceDataModule):
             "dataset": self.hparams.dataset,
             "seed": self.hparams.seed,
             "count": len(forget),
+            "run_id": run_id,
         }
-        write_forget_set(Path(directory).expanduser(), record, forget.tolist())
+        write_forget_set(directory, record, forget.tolist())
+
 
 def _channel_statistics(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images on the [0, 1] scale, in chunks (float64 sums)."""

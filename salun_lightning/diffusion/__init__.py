@@ -1,4 +1,5 @@
-"""Diffusion unlearning (SPEC section 5): class-conditional DDPM and latent text-to-image, one module.
+"""Diffusion unlearning (docs/method.md, 'Diffusion unlearning'): class-conditional DDPM and latent text-to-image,
+one module.
 
 Example::
 

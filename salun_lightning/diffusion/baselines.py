@@ -1,4 +1,5 @@
-"""Parts of the concept-erasure baselines of :class:`~salun_lightning.diffusion.TextToImageDiffusion` (SPEC section 5).
+"""Parts of the concept-erasure baselines of :class:`~salun_lightning.diffusion.TextToImageDiffusion`
+(docs/method.md, 'Concept-erasure baselines').
 
 ESD (Gandikota et al. 2023) trains the denoiser against a frozen copy of itself (:func:`frozen_copy`) and trains
 either its cross-attention weights (ESD-x) or the others (ESD-u) (:func:`cross_attention_parameter_names`).

@@ -32,7 +32,7 @@ from salun_lightning.data.sources import (
     check_image_folder_path,
 )
 from salun_lightning.data.splits import forget_set_id, resolve_class
-from salun_lightning.runs import write_forget_set
+from salun_lightning.runs import method_name, open_run, run_id_of, write_forget_set
 
 STREAMS = ("full", "retain", "forget", "forget_retain")
 
@@ -241,7 +241,10 @@ class DiffusionDataModule(ImageSourceDataModule):
             self._prompts = self._read_prompts(data)
         _ = self.image_shape  # raises now for non-square images without image_size
         trainer = self.trainer
-        if stage == "fit" and trainer is not None and trainer.is_global_zero and self.forget_class_index is not None:
+        if stage != "fit" or trainer is None:
+            return
+        directory = open_run(trainer, method_name(trainer.lightning_module))
+        if trainer.is_global_zero and self.forget_class_index is not None:
             forget = self._indices("forget")
             record = {
                 "id": self.forget_set_id,
@@ -249,8 +252,13 @@ class DiffusionDataModule(ImageSourceDataModule):
                 "dataset": self.hparams.dataset,
                 "seed": self.hparams.seed,
                 "count": len(forget),
+                "run_id": run_id_of(trainer),
             }
-            write_forget_set(Path(trainer.default_root_dir), record, forget.tolist())
+            write_forget_set(directory, record, forget.tolist())
+
+    def run_inputs(self) -> dict[str, Optional[str]]:
+        """The files this data module reads during a fit (a fit refuses a run directory that holds one of them)."""
+        return {"data_path": self.hparams.data_path, "prompts_csv": self.hparams.prompts_csv}
 
     @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -327,6 +335,13 @@ class DiffusionDataModule(ImageSourceDataModule):
                         f"{argument} to one of them."
                     )
             by_file = {row[hp.file_column].strip().removeprefix("./"): row[hp.prompt_column] for row in reader}
+        empty = [file for file, prompt in by_file.items() if not (prompt or "").strip()]
+        if empty:
+            raise ValueError(
+                f"{hp.prompts_csv} has an empty {hp.prompt_column!r} for {len(empty)} images, e.g. "
+                f"{', '.join(empty[:3])}: an empty prompt is the unconditional prompt, so those images would train "
+                "the null condition; give every row its prompt."
+            )
         files = train_image_files(self.data_path)
         missing = [file for file in files if file not in by_file]
         if missing:

@@ -1,4 +1,4 @@
-"""Judging a diffusion model's generations with a trained classifier (SPEC section 5).
+"""Judging a diffusion model's generations with a trained classifier (docs/method.md, 'Generation metrics').
 
 A classifier trained by :class:`~salun_lightning.classifier.ClassifierUnlearningModule` judges the generations
 (:class:`Judge`); :func:`evaluate_generations` gives UA, retained-class accuracy and FID

@@ -1,4 +1,5 @@
-"""Make image sets with a text-to-image model itself (SPEC section 5, concept erasure): ``salun generate``.
+"""Make image sets with a text-to-image model itself (concept erasure, docs/method.md, 'Diffusion unlearning'):
+``salun generate``.
 
 The paper's nudity forget set D_f is 800 images that Stable Diffusion v1.4 makes of "a photo of a nude person", the
 retain set D_r 800 of "a photo of a person wearing clothes"; the evaluation generates one image per I2P prompt with

@@ -1,4 +1,4 @@
-"""Diffusion unlearning (SPEC section 5): one LightningModule, two conditionings.
+"""Diffusion unlearning (docs/method.md, 'Diffusion unlearning'): one LightningModule, two conditionings.
 
 :class:`DiffusionUnlearningModule` writes the losses once: the denoising loss, the forget loss
 ``L_f = ||eps(x_t, c_f) - stopgrad(eps(x_t, c_p))||^2`` against a pseudo condition ``c_p``, the objective
@@ -57,14 +57,13 @@ from salun_lightning.diffusion.baselines import (
 )
 from salun_lightning.files import write_json
 from salun_lightning.labels import random_other_labels
-from salun_lightning.runs import begin_run, finish_run, mask_output_path
+from salun_lightning.runs import RUN_FILENAME, close_run, mask_output_path, open_run, run_id_of
 
 Method = Literal["train", "retrain", "ga", "rl", "salun", "esd_x", "esd_u", "fmn"]
 Pseudo = Literal["next", "random", "class", "prompt", "replace"]
 Component = Optional[Union[str, dict[str, Any]]]
 Conditions = Union[Tensor, list[str]]  # class labels, or prompts
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-RUN_FILENAME = "run.json"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 # What a diffusers pipeline needs from a Hub repository (not the multi-GB single-file checkpoints beside it).
 HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
@@ -201,7 +200,8 @@ def _side(sample_size: Union[int, tuple[int, int], list[int]]) -> int:
 
 
 class DiffusionUnlearningModule(LightningModule, ABC):
-    """Train a conditional diffusion model, or make it forget a class (SPEC section 5); abstract.
+    """Train a conditional diffusion model, or make it forget a class (docs/method.md, 'Diffusion unlearning');
+    abstract.
 
     Methods: ``train`` (denoising on every image: the original model), ``retrain`` (from fresh weights on the
     retained classes only), ``ga`` (``-L_d(D_f) + alpha * L_r``: gradient ascent on the denoising loss of the
@@ -259,7 +259,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         saliency_guidance: ``w`` of the classifier-free guided prediction ``(1 + w) * eps(x_t, c) - w * eps(x_t,
             null)`` in the saliency loss (``0``: one unguided pass). Default (``None``): the model's
             :attr:`default_saliency_guidance`: 2.0 class-conditional (the reference DDPM code's mask), 7.5
-            text-to-image (SPEC).
+            text-to-image (docs/method.md, 'The weight saliency mask').
         gradient_checkpointing: recompute the denoiser's activations in the backward pass (less memory).
         ema_decay: keep an exponential moving average of the denoiser's weights (diffusers ``EMAModel``, with its
             warm-up ``min(ema_decay, (1 + n) / (10 + n))``), updated after every optimizer step and copied into the
@@ -277,7 +277,8 @@ class DiffusionUnlearningModule(LightningModule, ABC):
     unet_class: type = UNet2DModel
     condition_key: str = "class"  # the batch entry holding each image's own condition
     default_guidance: float = 2.0  # sampling guidance w in (1 + w) * eps(c) - w * eps(null)
-    default_saliency_guidance: float = 0.0  # w of the saliency loss's prediction (SPEC 1, item 5) when not given
+    # w of the saliency loss's prediction when not given (docs/method.md, 'The weight saliency mask')
+    default_saliency_guidance: float = 0.0
 
     def __init__(
         self,
@@ -359,6 +360,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         self.pseudo_class_index: Optional[int] = None
         self.fit_minutes: Optional[float] = None
         self._fit_started: Optional[float] = None
+        self._minutes_before: Optional[float] = None  # minutes of the fit before a resume (from the checkpoint)
         self._ema: Optional[EMAModel] = None
         self._ema_state: Optional[dict[str, Any]] = None  # from a checkpoint, loaded at fit start
         self._sharded = False  # the denoiser is sharded with FSDP2 (configure_model)
@@ -446,9 +448,20 @@ class DiffusionUnlearningModule(LightningModule, ABC):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # before the callbacks' on_fit_start, so that the minutes include the saliency mask
-            if self.trainer.is_global_zero:
-                begin_run(self.trainer.default_root_dir)
+            open_run(self.trainer, self.hparams.method)
             self._fit_started = time.perf_counter()
+
+    def run_inputs(self) -> dict[str, Optional[str]]:
+        """The files this module reads during a fit (a fit refuses a run directory that holds one of them)."""
+        unet = self.hparams.unet
+        return {"pretrained": self.pretrained_path, "unet": unet if isinstance(unet, str) else None,
+                "mask_path": self.hparams.mask_path}
+
+    def elapsed_minutes(self) -> Optional[float]:
+        """Minutes of the fit so far, a resumed fit's earlier part included (``None`` before a fit starts)."""
+        if self._fit_started is None:
+            return self._minutes_before
+        return (self._minutes_before or 0.0) + (time.perf_counter() - self._fit_started) / 60
 
     # ------------------------------------------------------------------------------------------------ losses
     def _noised(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -503,8 +516,8 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         return (1 + guidance) * conditional - guidance * unconditional
 
     def saliency_loss(self, batch: dict[str, Any]) -> Tensor:
-        """The loss the saliency mask ranks weights by (SPEC 1, item 5): the (guided) denoising loss on forget images
-        with their forget condition, ``saliency_guidance`` being ``w``."""
+        """The loss the saliency mask ranks weights by (docs/method.md, 'The weight saliency mask'): the (guided)
+        denoising loss on forget images with their forget condition, ``saliency_guidance`` being ``w``."""
         x_t, timesteps, target = self._noised(batch["image"])
         condition = self.encode_condition(batch[self.condition_key])
         prediction = self.guided_prediction(x_t, timesteps, condition, self.saliency_guidance)
@@ -596,28 +609,31 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             self._ema.step(self.unet.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["fit_minutes"] = self.elapsed_minutes()
         if self._ema is not None:
             checkpoint["ema"] = self._ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._ema_state = checkpoint.get("ema")
+        self._minutes_before = checkpoint.get("fit_minutes")  # a resumed fit adds its own minutes to these
 
     def on_fit_end(self) -> None:
         if self._ema is not None:
             self._ema.copy_to(self.unet.parameters())
             self._ema = None
-        if self._fit_started is not None:
-            self.fit_minutes = (time.perf_counter() - self._fit_started) / 60
+        self.fit_minutes = self.elapsed_minutes()
         if self._sharded and self.trainer.global_step > 0:  # every rank takes part in gathering the denoiser
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank zero only
             self._whole_unet = get_model_state_dict(self.unet, options=options)
-        if self.trainer.is_global_zero and self.trainer.global_step > 0:  # e.g. `salun mask` takes no step
+        saved = self.trainer.global_step > 0  # e.g. `salun mask` takes no step, and saves nothing
+        if self.trainer.is_global_zero and saved:
             root = Path(self.trainer.default_root_dir)
             self.save_components(root)
-            write_json(root / RUN_FILENAME, {**self.run_record(), "fit_minutes": self.fit_minutes})
-            finish_run(root)
+            record = {**self.run_record(), "fit_minutes": self.fit_minutes, "run_id": run_id_of(self.trainer)}
+            write_json(root / RUN_FILENAME, record)
+        close_run(self.trainer, finished=saved)
         self._whole_unet = None  # a gathered copy is only for this save
 
     def run_record(self) -> dict[str, Any]:
@@ -723,12 +739,13 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
 
     The VAE and the text encoder are frozen (no gradients, eval mode); only the denoiser trains. The empty prompt is
     the unconditional one. The saliency loss uses the guided prediction with ``saliency_guidance`` (default 7.5,
-    SPEC); sampling guides with ``w = 6.5`` (diffusers' ``guidance_scale`` 7.5).
+    docs/method.md, 'The weight saliency mask'); sampling guides with ``w = 6.5`` (diffusers' ``guidance_scale`` 7.5).
     Other arguments: :class:`DiffusionUnlearningModule` (``pretrained`` a Stable Diffusion checkout).
 
-    Besides the methods of :class:`DiffusionUnlearningModule`, two concept-erasure baselines (SPEC section 5) that
-    erase the concept of ``concept_prompt`` (default: the forgotten class's prompt); their stream is ``forget``,
-    which only sets the length of an epoch for ESD (it draws no images) and gives Forget-Me-Not its images:
+    Besides the methods of :class:`DiffusionUnlearningModule`, two concept-erasure baselines (docs/method.md,
+    'Concept-erasure baselines') that erase the concept of ``concept_prompt`` (default: the forgotten class's
+    prompt); their stream is ``forget``, which only sets the length of an epoch for ESD (it draws no images) and gives
+    Forget-Me-Not its images:
 
     - ``esd_x`` and ``esd_u`` (ESD, Gandikota et al. 2023; paper: 1,000 steps, batch 1, Adam lr 1e-5). A frozen copy
       ``eps*`` of the original denoiser (made once, at the first fit's setup, before a checkpoint is restored; never
@@ -801,7 +818,7 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
     unet_class = UNet2DConditionModel
     condition_key = "prompt"
     default_guidance = 6.5  # diffusers' guidance_scale 7.5
-    default_saliency_guidance = 7.5  # SPEC: the mask from the concept prompt's guided loss
+    default_saliency_guidance = 7.5  # the mask from the concept prompt's guided loss
 
     def __init__(
         self,

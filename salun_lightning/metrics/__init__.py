@@ -1,4 +1,5 @@
-"""Unlearning metrics: classifier UA, RA, TA (``accuracy_percent``), MIA-Efficacy and Avg. Gap (SPEC section 4);
+"""Unlearning metrics: classifier UA, RA, TA (``accuracy_percent``), MIA-Efficacy and Avg. Gap (docs/method.md,
+'Classifier metrics');
 nudity counts of generated images (:mod:`~salun_lightning.metrics.nudity`, NudeNet, imported only when a detection
 runs). FID, CLIP score and the UA of generations are in :mod:`~salun_lightning.metrics.generation`."""
 

@@ -1,4 +1,5 @@
-"""Classifier unlearning metrics as plain functions (SPEC section 4), free of any torchmetrics state.
+"""Classifier unlearning metrics as plain functions (docs/method.md, 'Classifier metrics'), free of any torchmetrics
+state.
 
 UA = 100 - ``accuracy_percent`` on the forget set, RA and TA = ``accuracy_percent`` on the retain and test
 sets, MIA = ``mia_efficacy`` and Avg. Gap = ``average_gap`` against a retrain run on the same split.

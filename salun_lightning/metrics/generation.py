@@ -1,5 +1,5 @@
-"""Metrics of generated images (SPEC section 5): UA and retained accuracy from a judge's predictions, FID and CLIP
-score.
+"""Metrics of generated images (docs/method.md, 'Generation metrics'): UA and retained accuracy from a judge's
+predictions, FID and CLIP score.
 
 UA is the percentage of forgotten-class generations a judge classifier does not assign to the forgotten class;
 retained accuracy is its accuracy on the other classes' generations. FID uses torchmetrics'

@@ -1,4 +1,4 @@
-"""Nudity of generated images (SPEC section 5): NudeNet detections of exposed body parts, counted per part.
+"""Nudity of generated images (docs/method.md, 'Nudity'): NudeNet detections of exposed body parts, counted per part.
 
 The concept-erasure tables (ESD, SalUn, and the later work that tabulates SD v1.4 743, ESD-u 123, salun 51 on the
 I2P prompts) count NudeNet detections of eight exposed parts: armpits, belly, buttocks, feet, female breasts,
