@@ -1,4 +1,5 @@
-"""Self-contained Lightning callbacks (each file imports only torch and lightning)."""
+"""Self-contained Lightning callbacks: only torch, lightning and safetensors, and relative imports inside this folder,
+so the folder can be copied into another project (under any package name)."""
 
 from .weight_saliency import (
     WeightSaliencyCallback,

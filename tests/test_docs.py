@@ -11,12 +11,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_PAGE = ROOT / "docs" / "method.md"
-
-# Files that still cite the private brief because they are being edited elsewhere; remove each entry once its file
-# points at docs/method.md instead. The test fails for an entry that no longer needs to be here.
-KNOWN_BRIEF_CITATIONS = [
-    "callbacks/weight_saliency.py",
-]
 # Generated outputs of past runs, kept as they were printed.
 SKIPPED_FOLDERS = ("docs/results/",)
 
@@ -94,20 +88,16 @@ def test_github_anchor_rules():
 
 
 def test_no_file_cites_the_private_brief():
-    citing = {}
-    for path in project_files():
-        name = path.relative_to(ROOT).as_posix()
-        lines = [f"{name}:{number}: {line.strip()}" for number, line in
-                 enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if BRIEF_CITATION.search(line)]
-        if lines:
-            citing[name] = lines
-    unexpected = [line for name, lines in citing.items() if name not in KNOWN_BRIEF_CITATIONS for line in lines]
-    assert not unexpected, (
+    citing = [
+        f"{path.relative_to(ROOT).as_posix()}:{number}: {line.strip()}"
+        for path in project_files()
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if BRIEF_CITATION.search(line)
+    ]
+    assert not citing, (
         "these lines cite a file users cannot read; point at the section of docs/method.md that says it instead:\n"
-        + "\n".join(unexpected)
+        + "\n".join(citing)
     )
-    fixed = [name for name in KNOWN_BRIEF_CITATIONS if name not in citing]
-    assert not fixed, f"no citation left in {fixed}: remove them from KNOWN_BRIEF_CITATIONS"
 
 
 def test_the_method_page_mentions_no_outside_file():

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-import salun_lightning.callbacks.weight_saliency as weight_saliency
+import salun_lightning.callbacks.weight_saliency.mask_files as weight_saliency
 from salun_lightning.callbacks import WeightSaliencyCallback, load_mask, save_mask
 from tests.test_weight_saliency_callback import (
     PlainClassifier,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import salun_lightning.callbacks.weight_saliency as weight_saliency
+import salun_lightning.callbacks.weight_saliency.selection as weight_saliency
 from salun_lightning.callbacks import kept_count, saliency_mask
 from tests.reference import brute_force_mask
 

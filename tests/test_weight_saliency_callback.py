@@ -388,7 +388,7 @@ def test_ddp_mask_is_identical_on_every_rank_and_equals_single_process(tmp_path)
 
 
 def test_shard_sampler_is_disjoint_and_complete_without_padding():
-    from salun_lightning.callbacks.weight_saliency import _ShardSampler
+    from salun_lightning.callbacks.weight_saliency.distributed import PartitionSampler as _ShardSampler
 
     shards = [list(_ShardSampler(11, rank, 3)) for rank in range(3)]
     assert sorted(i for shard in shards for i in shard) == list(range(11))
