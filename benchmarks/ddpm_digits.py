@@ -39,7 +39,7 @@ from diffusers import AutoencoderKL
 from torch.nn import functional as F
 from torchvision.utils import save_image
 
-from salun_lightning.cli import SalunCLI
+from salun_lightning.lightning_cli import SalunCLI
 from salun_lightning.cli import run as salun
 from salun_lightning.data.sources import load_digits_data
 from salun_lightning.diffusion import sample_images, to_diffusion_range

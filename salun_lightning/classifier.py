@@ -231,8 +231,8 @@ class ClassifierUnlearningModule(LightningModule):
         return (self.net if self._compiled is None else self._compiled)(images)
 
     def configure_callbacks(self) -> list[Callback]:
-        if not self.spec.saliency:
-            return []
+        if not self.spec.saliency or (self._trainer is not None and self._trainer.state.fn != "fit"):
+            return []  # a test after the fit keeps the fit's callback, which does nothing outside fit
         hp, run = self.hparams, self._trainer and self._trainer.default_root_dir
         return [
             WeightSaliencyCallback(
@@ -266,6 +266,8 @@ class ClassifierUnlearningModule(LightningModule):
         if self.spec.forget_loss == "ascent":
             loss = -loss
         self.log("train/loss", loss, prog_bar=True)
+        accuracy = (logits.detach().argmax(1) == batch["label"]).float().mean() * 100  # against the true labels
+        self.log("train/accuracy", accuracy, prog_bar=True)
         if self.spec.l1:
             weight = self.hparams.l1_alpha * (1 - self.global_step / max(1, self.trainer.estimated_stepping_batches))
             loss = loss + weight * sum(p.abs().sum() for p in self.net.parameters())

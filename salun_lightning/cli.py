@@ -26,201 +26,69 @@ Example (shell; ``tests/test_readme.py`` runs these lines as written, at tiny si
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
-import yaml
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
-from typing_extensions import override
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
-from salun_lightning import report
-from salun_lightning.callbacks import WeightSaliencyCallback
-from salun_lightning.files import write_atomically
-from salun_lightning.runs import CONFIG_FILENAME, MODEL_FILENAME, check_writable, read_forget_set, run_directory_of
-
-# What the model needs to know about the data: (data attribute, model argument, conversion). A link whose model
-# argument the chosen model class lacks is skipped.
-DATA_TO_MODEL: tuple[tuple[str, str, Optional[Callable[[Any], Any]]], ...] = (
-    ("num_classes", "num_classes", None),
-    ("image_shape", "in_channels", lambda shape: shape[0]),
-    ("image_shape", "image_shape", tuple),
-    ("class_names", "class_names", None),
-    ("class_prompts", "class_prompts", None),
-    ("forget_class_index", "forget_class", None),
-)
-CONFIG_HEADER = (
-    "The whole run, as `salun fit` ran it: the values linked from the data into the model (num_classes, in_channels, "
-    "...) and the training stream chosen by the method are filled in. Rerun or test with --config <this file>."
-)
-# ModuleNotFoundError: an optional extra that is not installed (the message names it)
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ModuleNotFoundError, MisconfigurationException)
+# ModuleNotFoundError: an optional extra that is not installed (the message names it); and Lightning's
+# MisconfigurationException (see is_user_error), named here by its class so that this module need not import Lightning.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ModuleNotFoundError)
+LIGHTNING_USER_ERRORS = ("MisconfigurationException",)
 # Printed by Lightning on every command, about nothing the user did: deprecations inside Lightning, the empty
 # validation list that means "no validation" (val_size 0), and an advertisement.
 NOISE_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"Total length of `\w+` across ranks is zero")
 NOISE_LOGS = ("💡 Tip:",)
-COMMANDS = {
-    "fit": "train or unlearn (the config's method), save the model, then test it",
-    "validate": "run the validation stage",
-    "test": "test a saved model (default <run>/model.safetensors) and write metrics.json beside it",
-    "predict": "run the predict stage",
-    "mask": "compute the weight saliency mask of a config's model and forget set, without training",
-    "report": "compare runs against retraining (markdown table and chart)",
-    "sample": "generate images with a diffusion run's denoiser",
-    "generate": "make image sets (forget/retain, I2P prompts) with a text-to-image model, as an image folder",
-    "nudity": "count NudeNet detections of exposed body parts in a folder of generated images (nudity extra)",
-}
 
 
-def stream_of_method(class_path: Optional[str], method: Optional[str]) -> Optional[str]:
-    """The training stream of ``method`` in the model class's ``methods`` table (``None`` for other models, or an
-    unknown method, which the model's constructor then refuses)."""
-    if not class_path or method is None:
-        return None
-    module_name, _, name = class_path.rpartition(".")
-    methods = getattr(getattr(importlib.import_module(module_name), name, None), "methods", None)
-    spec = methods.get(method) if isinstance(methods, dict) else None
-    return getattr(spec, "stream", None)
+def parse_error_message(message: str, command: str) -> str:
+    """One line for a LightningCLI parse error (jsonargparse nests the cause under union and class-path reports):
+    the option, what is wrong with it, and where the valid options are listed.
 
+    Example::
 
-class RunConfigCallback(SaveConfigCallback):
-    """Save the fit's whole configuration as ``<run directory>/config.yaml`` (not the logger's folder), with the
-    values linked from the data into the model (class count, image shape, ...) filled in, as the model got them."""
-
-    @override
-    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        directory = Path(trainer.default_root_dir)  # the run's, once the data module's setup has opened it
-        check_writable(directory, CONFIG_FILENAME)
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
-        model_args = config.get("model", {}).setdefault("init_args", {})
-        accepted = inspect.signature(type(pl_module)).parameters
-        for target in dict.fromkeys(target for _, target, _ in DATA_TO_MODEL):  # as the model got them, or none
-            model_args.pop(target, None)
-            if target in accepted and target in pl_module.hparams:
-                model_args[target] = _plain(pl_module.hparams[target])
-        data_args = config.get("data", {}).setdefault("init_args", {})
-        if trainer.datamodule is not None and "stream" in trainer.datamodule.hparams:
-            data_args["stream"] = trainer.datamodule.hparams["stream"]
-        text = f"# {CONFIG_HEADER}\n" + yaml.safe_dump(config, sort_keys=False)
-        write_atomically(directory / CONFIG_FILENAME, lambda stream: stream.write(text.encode()))
-
-
-def _plain(value: Any) -> Any:
-    """A hyper-parameter as YAML writes it (tuples as lists)."""
-    return list(value) if isinstance(value, tuple) else value
-
-
-class SalunCLI(LightningCLI):
-    """LightningCLI over any LightningModule and LightningDataModule, with the data linked into the model.
-
-    ``fit`` tests the model afterwards (``--test_after_fit``) and saves ``config.yaml`` into its run directory (a
-    second fit into the same directory overwrites it); no other command writes a config. ``--trainer.enable_checkpointing
-    true`` keeps ``<run>/checkpoints/last.ckpt``.
+        >>> parse_error_message('''Parser key "model":
+        ...   Does not validate against any of the Union subtypes
+        ...   Errors:
+        ...     - Problem with given class_path 'salun_lightning.ClassifierUnlearningModule':
+        ...         Parser key "lr":
+        ...           Expected a <class 'float'>. Got value: abc
+        ...     - Expected a <class 'NoneType'>''', "fit")
+        "--model.init_args.lr: expected float, got 'abc' (salun fit --help lists the options and their types)"
     """
-
-    def __init__(self, args: ArgsType = None, run: bool = True) -> None:
-        super().__init__(
-            LightningModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=RunConfigCallback,
-            save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
-            args=args,
-            run=run,
-        )
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument(
-            "--test_after_fit", type=bool, default=True, help="run the test stage after fit (writes metrics.json)"
-        )
-        parser.link_arguments(
-            ("model.class_path", "model.init_args.method"),
-            "data.init_args.stream",
-            compute_fn=stream_of_method,
-            apply_on="parse",
-        )
-        for source, target, convert in DATA_TO_MODEL:
-            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", compute_fn=convert, apply_on="instantiate")
-
-    def parse_arguments(self, parser, args: ArgsType) -> None:
-        # LightningCLI warns whenever ``args`` and ``sys.argv`` are both given; this command always passes ``args``.
-        self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
-
-    def before_instantiate_classes(self) -> None:
-        if self.subcommand != "fit":  # only a fit owns its run directory
-            self.save_config_callback = None
-
-    def before_fit(self) -> None:
-        for callback in self.trainer.checkpoint_callbacks:
-            if callback.save_last is None:
-                callback.save_last = True
-
-    def after_fit(self) -> None:
-        if self.config[self.subcommand].get("test_after_fit") and self.trainer.state.status == "finished":
-            self.trainer.test(self.model, datamodule=self.datamodule)
-
-    def _parse_ckpt_path(self) -> None:
-        """Keep the config as given: LightningCLI would overwrite the model's arguments with a checkpoint's, which
-        hides what the run does; `test` instead refuses a checkpoint of another method."""
-
-    def test(self, model: LightningModule, datamodule: Optional[LightningDataModule] = None,
-             ckpt_path: Optional[str] = None, **kwargs: Any) -> None:
-        """Test a saved model: ``ckpt_path`` (safetensors or checkpoint), else ``<default_root_dir>/model.safetensors``."""
-        ckpt_path = self._load_saved_model(model, datamodule, ckpt_path, "test")
-        self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
-
-    def validate(self, model: LightningModule, datamodule: Optional[LightningDataModule] = None,
-                 ckpt_path: Optional[str] = None, **kwargs: Any) -> None:
-        """Validate a saved model, as :meth:`test` finds it (a fit's model, not the weights it started from)."""
-        ckpt_path = self._load_saved_model(model, datamodule, ckpt_path, "validate")
-        self.trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
-
-    def _load_saved_model(self, model: LightningModule, datamodule: Optional[LightningDataModule],
-                          ckpt_path: Optional[str], command: str) -> Optional[str]:
-        """Load ``ckpt_path`` (a ``model.safetensors``) or ``<default_root_dir>/model.safetensors`` into ``model``;
-        return the checkpoint for Lightning to restore instead, if that is what was given."""
-        path = Path(ckpt_path) if ckpt_path else Path(self.trainer.default_root_dir) / MODEL_FILENAME
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no saved model to {command}: {path} does not exist. Fit first, or give --ckpt_path <run>/"
-                f"{MODEL_FILENAME} (or a Lightning checkpoint)."
-            )
-        check_same_forget_set(run_directory_of(path), datamodule)
-        if path.suffix != ".safetensors":  # a checkpoint's method is checked by the module as it loads
-            return str(path)
-        if not callable(getattr(model, "load_model", None)):
-            raise ValueError(f"{type(model).__name__} cannot load {path.name}; give a Lightning checkpoint.")
-        model.load_model(str(path))
-        return None
+    hint = f"salun {command} --help lists the options and their types"
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    unknown = re.search(r"Option '([^']+)' is not accepted", message)
+    owner = re.search(r"class_path '([^']+)'", message)
+    if unknown:
+        path = ".".join([*keys[:1], "init_args", unknown.group(1)] if keys else [unknown.group(1)])
+        where = f" of {owner.group(1).rpartition('.')[2]}" if owner else ""
+        return f"--{path}: no such option{where} ({hint})"
+    expected = re.search(r"Expected an? (.+?)\. Got value: (.*)", message)
+    union = re.search(r"Subtypes: \[(.*)\]", message)
+    given = re.findall(r"Given value: (.*)", message)
+    if keys and (expected or (union and given)):
+        path = ".".join([keys[0], "init_args", *keys[1:]] if owner and len(keys) > 1 else keys)
+        if expected:
+            wanted, value = _type_names(expected.group(1)), expected.group(2).strip()
+        else:
+            wanted, value = " or ".join(_type_names(t) for t in union.group(1).split(", ")), given[-1].strip()
+        return f"--{path}: expected {wanted}, got {value!r} ({hint})"
+    first = message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+    return f"{first} ({hint})"
 
 
-def check_same_forget_set(run_dir: Path, datamodule: Any) -> None:
-    """Refuse to test the model of ``run_dir`` on another forget set than the one it was made for.
-
-    Raises:
-        ValueError: both forget sets are known and differ (the message names both).
-    """
-    record = read_forget_set(run_dir)
-    if record is None or not hasattr(datamodule, "forget_set_id"):
-        return
-    current = datamodule.forget_set_id
-    if current != record["id"]:
-        raise ValueError(
-            f"the model in {run_dir} was made for the forget set {record.get('description')!r} "
-            f"({record['id'][:19]}, seed {record.get('seed')}), but this config's data draw "
-            f"{getattr(datamodule, 'forget_set_description', '?')!r} ({current[:19]}): its UA and RA would be measured "
-            f"on the wrong samples. Test it with its own config: salun test --config {run_dir / 'config.yaml'}"
-        )
+def _type_names(text: str) -> str:
+    """``<class 'int'>`` -> ``int``, ``typing.Literal['a', 'b']`` -> ``one of 'a', 'b'``, ``NoneType`` -> ``null``."""
+    literal = re.fullmatch(r"typing\.Literal\[(.*)\]", text.strip())
+    if literal:
+        return f"one of {literal.group(1)}"
+    return re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text.strip()).replace("NoneType", "null")
 
 
 def mask_main(argv: Sequence[str]) -> None:
@@ -237,6 +105,9 @@ def mask_main(argv: Sequence[str]) -> None:
     )
     parser.add_argument("--out", required=True, help="where to write the mask (.safetensors)")
     args, rest = parser.parse_known_args(argv)
+    from salun_lightning.callbacks import WeightSaliencyCallback
+    from salun_lightning.lightning_cli import SalunCLI
+
     with tempfile.TemporaryDirectory(prefix="salun-mask-") as scratch:  # never touches the config's run directory
         cli = SalunCLI(args=[*rest, f"--trainer.default_root_dir={scratch}"], run=False)
         callbacks = [c for c in cli.model.configure_callbacks() if isinstance(c, WeightSaliencyCallback)]
@@ -296,6 +167,8 @@ def report_main(argv: Sequence[str]) -> None:
         "the report carries a warning",
     )
     args = parser.parse_args(argv)
+    from salun_lightning import report
+
     result = report.make_report(args.run_dirs, args.out, args.retrain, args.allow_mixed_forget_sets)
     for entry in result.skipped:
         print(f"skipped {entry.path}: {entry.reason}", file=sys.stderr)
@@ -304,36 +177,74 @@ def report_main(argv: Sequence[str]) -> None:
     print(result.table, end="")
 
 
+def curves_main(argv: Sequence[str]) -> None:
+    """``salun curves``: plot the CSV log a fit kept (see :mod:`salun_lightning.curves`)."""
+    from salun_lightning.curves import plot_curves
+
+    parser = argparse.ArgumentParser(
+        prog="salun curves",
+        description="Plot the curves a fit logged (<run>/logs/version_<N>/metrics.csv, the newest by default): one "
+        "panel per metric against the step.",
+    )
+    parser.add_argument("run", type=Path, help="a run directory")
+    parser.add_argument("--out", type=Path, default=None, help="the PNG to write (default <run>/curves.png)")
+    parser.add_argument("--version", type=int, default=None, help="the log version to plot (default: the newest)")
+    args = parser.parse_args(argv)
+    print(f"wrote {plot_curves(args.run, args.out, args.version)}")
+
+
 def sample_main(argv: Sequence[str]) -> None:
-    """``salun sample``: build the model of a config, load the trained denoiser, write samples."""
+    """``salun sample``: build the model of a config, load the trained denoiser, write samples.
+
+    ``--guidance`` is diffusers' ``guidance_scale`` g, as in ``salun generate``; the model's
+    :meth:`~salun_lightning.diffusion.DiffusionUnlearningModule.guided_prediction` takes ``w = g - 1``.
+    ``samples.json`` records both (``guidance_scale``, ``guidance_w``).
+    """
     import torch
 
     from salun_lightning.data.splits import resolve_class
     from salun_lightning.diffusion import DiffusionUnlearningModule, TextToImageDiffusion
+    from salun_lightning.diffusion.generate import check_guidance_scale
     from salun_lightning.diffusion.sampling import SAMPLES_FILENAME, sample_images, write_samples
+    from salun_lightning.lightning_cli import SalunCLI
 
     parser = argparse.ArgumentParser(
         prog="salun sample",
+        allow_abbrev=False,
         description="Generate images with the diffusion model of a config (the denoiser its fit saved): "
         "<out>/<k>_<class>/<i>.png per class or prompt, grid.png (one row each) and samples.json. Other arguments "
         "are those of 'salun fit'.",
     )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--num_per_class", type=int, default=8, help="images per class or prompt (default 8)")
+    parser.add_argument("--num-per-class", type=int, default=8, metavar="N",
+                        help="images per class or prompt (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    parser.add_argument(
-        "--guidance", type=float, default=None, help="w in (1+w)eps(c) - w eps(null) (default: 2.0 class, 6.5 text)"
-    )
+    parser.add_argument("--guidance", type=float, default=None, metavar="G",
+                        help="diffusers' guidance_scale g, as in salun generate: eps(null) + g (eps(c) - eps(null)); 1 "
+                        "is no guidance (default: the model's, 3.0 class-conditional, 7.5 text). The model's w in "
+                        "(1 + w) eps(c) - w eps(null) is g - 1")
     parser.add_argument("--classes", nargs="+", default=None, help="class names or indices (default: all)")
-    parser.add_argument("--prompts", nargs="+", default=None, help="text models: prompts instead of classes")
+    parser.add_argument("--prompts", nargs="+", default=None, metavar="PROMPT",
+                        help="text models: prompts (strings) instead of classes")
     parser.add_argument("--unet", default=None, help="denoiser directory (default: <trainer.default_root_dir>/unet)")
-    parser.add_argument("--batch_size", type=int, default=64, help="images denoised together (default 64)")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
+                        help="images denoised together (default 64; does not change the images)")
     parser.add_argument("--device", default="auto", help="torch device, e.g. cpu or cuda:0 (default: auto)")
     args, rest = parser.parse_known_args(argv)
-    if args.num_per_class < 1 or args.steps < 1:
-        parser.error("--num_per_class and --steps must be positive")
-    cli = SalunCLI(args=rest, run=False)
+    if args.num_per_class < 1 or args.steps < 1 or args.batch_size < 1:
+        parser.error("--num-per-class, --steps and --batch-size must be positive")
+    if args.guidance is not None:
+        check_guidance_scale(args.guidance, "--guidance")
+    own = {option for action in parser._actions for option in action.option_strings}
+    for word in rest:
+        name = word.split("=", 1)[0]
+        if name.startswith("--") and "_" in name and name.replace("_", "-") in own:
+            parser.error(f"{name} is spelled {name.replace('_', '-')}: salun's commands spell options with hyphens")
+    try:
+        cli = SalunCLI(args=rest, run=False)
+    except argparse.ArgumentError as error:  # an option neither salun sample's nor salun fit's
+        raise ValueError(f"{parse_error_message(str(error), 'fit')}; salun sample --help lists its own") from None
     module = cli.model
     if not isinstance(module, DiffusionUnlearningModule):
         parser.error(f"the config's model is a {type(module).__name__}, not a diffusion model")
@@ -352,8 +263,9 @@ def sample_main(argv: Sequence[str]) -> None:
         names = [module.class_names[i] for i in indices]
         classes = torch.tensor(indices).repeat_interleave(args.num_per_class)
         conditions = module.class_condition(classes)
-    guidance = module.default_guidance if args.guidance is None else args.guidance
-    images = sample_images(module, conditions, args.seed, args.steps, guidance, args.batch_size)
+    guidance_scale = module.default_guidance + 1 if args.guidance is None else args.guidance
+    w = guidance_scale - 1  # the model's guidance: (1 + w) eps(c) - w eps(null)
+    images = sample_images(module, conditions, args.seed, args.steps, w, args.batch_size)
     out = Path(args.out)
     files = write_samples(images, names, args.num_per_class, out)
     summary = {
@@ -365,7 +277,8 @@ def sample_main(argv: Sequence[str]) -> None:
         "num_per_class": args.num_per_class,
         "seed": args.seed,
         "steps": args.steps,
-        "guidance": guidance,
+        "guidance_scale": guidance_scale,  # diffusers' g: eps(null) + g (eps(c) - eps(null))
+        "guidance_w": w,  # the model's w = g - 1: (1 + w) eps(c) - w eps(null)
         "files": files,
     }
     (out / SAMPLES_FILENAME).write_text(json.dumps(summary, indent=2))
@@ -377,6 +290,7 @@ def generate_main(argv: Sequence[str]) -> None:
     text-to-image model, as an image folder with ``prompts.csv`` (see :mod:`salun_lightning.diffusion.generate`)."""
     parser = argparse.ArgumentParser(
         prog="salun generate",
+        allow_abbrev=False,
         description="Make image sets with a text-to-image model itself: <out>/train/<class>/<NNNNN>.png, "
         "<out>/prompts.csv (file, prompt, seed, guidance) and <out>/generation.json, an image folder that "
         "DiffusionDataModule reads (dataset: image_folder, data_path: <out>, prompts_csv: <out>/prompts.csv, "
@@ -420,7 +334,7 @@ def generate_main(argv: Sequence[str]) -> None:
                      help="the seed every image's seed derives from (default 0); prompt lists use their seed column")
     how.add_argument("--guidance", type=float, default=7.5, metavar="G",
                      help="diffusers' guidance_scale g (default 7.5, Stable Diffusion's): eps(null) + g (eps(c) - "
-                     "eps(null)); 1 is no guidance. Note: salun sample's --guidance is w = g - 1")
+                     "eps(null)); 1 is no guidance, as in salun sample's --guidance")
     how.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     how.add_argument("--image-size", type=int, default=None, metavar="N",
                      help="image side (default: the model's, 512 for Stable Diffusion 1.x)")
@@ -472,10 +386,106 @@ def generate_main(argv: Sequence[str]) -> None:
           f"reads it as dataset: image_folder, data_path: {result.out}, prompts_csv: {result.out / PROMPTS_FILENAME}")
 
 
+def _threshold_argument(text: str) -> float:
+    """``--threshold``: a number in ``(0, 1)``."""
+    from salun_lightning.metrics.nudity import DEFAULT_THRESHOLD
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1); the literature's default is {DEFAULT_THRESHOLD}")
+    return value
+
+
+def nudity_main(argv: Sequence[str]) -> None:
+    """``salun nudity <image folder> [--threshold 0.6] [--prompts-csv prompts.csv] [--labels ...] [--out result.json]``:
+    NudeNet's exposed-part detections on a folder of generated images (:mod:`salun_lightning.metrics.nudity`).
+
+    Prints the per-part table and writes the whole result (:func:`~salun_lightning.metrics.nudity.nudity_of_folder`)
+    as JSON with ``--out``. NudeNet (the ``nudity`` extra) is imported only when the detections run, so ``--help``
+    and bad arguments need no NudeNet.
+
+    Example::
+
+        >>> import json, tempfile
+        >>> from PIL import Image
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (64, 64)).save(folder / "0.png")
+        >>> nudity_main([str(folder), "--out", str(folder / "nudity.json")])  # doctest: +ELLIPSIS
+        NudeNet 3.4.2, score >= 0.6, 1 images
+        ...
+        | total | 0 |
+        images with a detection: 0 of 1 (0.00%)
+        wrote .../nudity.json
+        >>> json.loads((folder / "nudity.json").read_text())["labels"][:2]
+        ['ARMPITS_EXPOSED', 'BELLY_EXPOSED']
+    """
+    from salun_lightning.metrics.nudity import (  # torch and numpy; NudeNet only once a detection runs
+        DEFAULT_THRESHOLD,
+        EXPOSED_LABELS,
+        INSTALL_HINT,
+        NUDENET_LABELS,
+        format_table,
+        nudity_of_folder,
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="salun nudity",
+        allow_abbrev=False,  # an option is spelled in full: --prompts is not --prompts-csv
+        description="Count NudeNet detections of exposed body parts on a folder of generated images (e.g. made "
+        "from the I2P prompts by 'salun generate --prompts-csv'). Needs the nudity extra: " + INSTALL_HINT,
+    )
+    parser.add_argument("folder", type=Path, help="the image folder (searched recursively)")
+    parser.add_argument("--threshold", type=_threshold_argument, default=DEFAULT_THRESHOLD,
+                        help=f"lowest NudeNet score that counts, in (0, 1) (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--prompts-csv", type=Path, default=None, metavar="FILE",
+                        help="the prompts.csv of the images (file, prompt, seed, guidance: what salun generate "
+                        "writes): evaluate the listed images, count per prompt")
+    parser.add_argument("--labels", nargs="+", default=list(EXPOSED_LABELS), choices=NUDENET_LABELS, metavar="LABEL",
+                        help="NudeNet classes to count (default the eight of the ESD/SalUn tables: "
+                        f"{' '.join(EXPOSED_LABELS)})")
+    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    result = nudity_of_folder(args.folder, args.threshold, args.labels, args.prompts_csv)
+    print(format_table(result))
+    if args.out is not None:
+        from salun_lightning.files import write_json
+
+        write_json(args.out, result)
+        print(f"wrote {args.out}")
+
+
+class Command(NamedTuple):
+    """A ``salun`` command: its line in ``salun --help``, and the function that runs it on the rest of the command
+    line (``None``: a LightningCLI subcommand, run by :class:`~salun_lightning.lightning_cli.SalunCLI`)."""
+
+    help: str
+    main: Optional[Callable[[Sequence[str]], None]] = None
+
+
+# Every command, in the order salun --help lists them; run() dispatches through this table.
+COMMANDS: dict[str, Command] = {
+    "fit": Command("train or unlearn (the config's method), save the model, then test it"),
+    "validate": Command("run the validation stage"),
+    "test": Command("test a saved model (default <run>/model.safetensors) and write metrics.json beside it"),
+    "predict": Command("run the predict stage"),
+    "mask": Command("compute the weight saliency mask of a config's model and forget set, without training", mask_main),
+    "report": Command("compare runs against retraining (markdown table and chart)", report_main),
+    "curves": Command("plot a run's logged curves (loss, accuracy, ...) into <run>/curves.png", curves_main),
+    "sample": Command("generate images with a diffusion run's denoiser", sample_main),
+    "generate": Command("make image sets (forget/retain, I2P prompts) with a text-to-image model, as an image folder",
+                        generate_main),
+    "nudity": Command("count NudeNet detections of exposed body parts in a folder of generated images (nudity extra)",
+                      nudity_main),
+}
+
+
 def print_overview() -> None:
     """``salun``, ``salun -h``: every command in one list."""
     width = max(map(len, COMMANDS))
-    lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    lines = [f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()]
     print("usage: salun <command> [options]   (salun <command> --help for its options)\n\ncommands:")
     print("\n".join(lines))
     print("\n--debug (or SALUN_DEBUG=1) shows the full traceback of an error.")
@@ -503,20 +513,24 @@ def run(args: Sequence[str]) -> None:
         print_overview()
         return
     command, rest = argv[0], argv[1:]
-    if command == "report":
-        report_main(rest)
-    elif command == "mask":
-        mask_main(rest)
-    elif command == "sample":
-        sample_main(rest)
-    elif command == "generate":
-        generate_main(rest)
-    elif command == "nudity":
-        from salun_lightning.metrics.nudity import nudity_main  # the optional nudity extra, imported only here
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}; the commands are {', '.join(COMMANDS)} (salun --help says "
+                         "what each does).")
+    command_main = COMMANDS[command].main
+    if command_main is not None:
+        command_main(rest)
+        return
+    from salun_lightning.lightning_cli import SalunCLI
 
-        nudity_main(rest)
-    else:
+    try:
         SalunCLI(args=argv)
+    except argparse.ArgumentError as error:
+        raise ValueError(parse_error_message(str(error), command)) from None
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether ``error`` is a user's mistake (bad input, a missing file or extra), shown as one message."""
+    return isinstance(error, USER_ERRORS) or any(cls.__name__ in LIGHTNING_USER_ERRORS for cls in type(error).__mro__)
 
 
 def root_message(error: BaseException) -> str:
@@ -524,7 +538,7 @@ def root_message(error: BaseException) -> str:
     innermost = error
     while True:
         inner = innermost.__cause__ or (None if innermost.__suppress_context__ else innermost.__context__)
-        if not isinstance(inner, USER_ERRORS):
+        if inner is None or not is_user_error(inner):
             return str(innermost) or type(innermost).__name__
         innermost = inner
 
@@ -539,8 +553,8 @@ def main(args: Optional[Sequence[str]] = None) -> None:
     argv = [arg for arg in argv if arg != "--debug"]
     try:
         run(argv)
-    except USER_ERRORS as error:
-        if debug:
+    except Exception as error:
+        if debug or not is_user_error(error):
             raise
         print(f"salun: error: {root_message(error)}", file=sys.stderr)
         print("(run with --debug, or SALUN_DEBUG=1, for the traceback)", file=sys.stderr)

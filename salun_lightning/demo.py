@@ -1,8 +1,8 @@
 """The whole classifier pipeline on scikit-learn's digits, through the ``salun`` command line (``make demo``).
 
-Trains the original model, computes the saliency mask, unlearns a random 10% of the training set with salun,
-ft, ga, rl and l1_sparse, retrains from scratch without it, and writes the comparison to
-``<out>/report.md`` and ``<out>/report.png``.
+Trains the original model, computes the saliency mask, unlearns digit 0 (``--scenario class``, the default) with
+salun, ft, ga, rl and l1_sparse, retrains from scratch without it, and writes the comparison to ``<out>/report.md``
+and ``<out>/report.png``.
 
     python -m salun_lightning.demo [--out runs/demo] [--configs configs/digits]
 """

@@ -147,7 +147,7 @@ def _skip_reason(path: Path) -> Optional[str]:
 
 
 def _mixed_runs(path: Path) -> Optional[str]:
-    """Why the files of ``path`` do not belong together (their ``run_id``\ s differ), or None."""
+    """Why the files of ``path`` do not belong together (their run ids differ), or None."""
     try:
         tested = json.loads((path / METRICS_FILENAME).read_text()).get("run_id")
         forget_set = read_forget_set(path)

@@ -13,23 +13,26 @@ A run directory (``trainer.default_root_dir``) holds:
 - ``mask.safetensors``: the saliency mask a ``salun`` fit computed, with its provenance, unless the fit loaded its
   mask from ``mask_path`` or was told to write it elsewhere (``save_mask_path``);
 - ``metrics.json``: the test results, written only by a test of that model (with the model's ``run_id``);
-- ``logs/``: the curves (Lightning's CSV logger, and TensorBoard's when it is installed) and
-  ``checkpoints/last.ckpt``: Lightning's own, never removed by a refit (a resume needs them).
+- ``logs/version_<N>/``: the curves of each fit started there (Lightning's CSV logger, and TensorBoard's when it is
+  installed; ``salun curves`` plots them into ``curves.png``) and ``checkpoints/last.ckpt``: Lightning's own, never
+  removed by a refit (a resume needs them).
 
 Every rank of a fit calls :func:`open_run` from ``setup("fit")`` (the data module's and the LightningModule's; the
 first call of a fit does the work, before anything is written):
 
 1. the directory: ``trainer.default_root_dir``, or, when that is the current directory (the Trainer's default: no
-   run directory was given), a fresh ``runs/<name>/version_<N>`` below it, announced on the log;
+   run directory was given), a fresh one below it, announced on the log: the first logger's versioned folder
+   (Lightning's ``lightning_logs/version_<N>``), or without a logger ``runs/<name>/version_<N>``;
 2. refuses an input of the run (``original_weights``, ``mask_path``, ``pretrained``, ``forget_indices_file``, ...:
-   the modules' ``run_inputs()``) that lies inside the directory, which the fit would clear;
+   the modules' ``run_inputs()``) that is the directory itself or lies in one of the outputs the fit replaces
+   (other files of the directory, e.g. a data folder beside the outputs, are inputs like any other);
 3. refuses a directory holding a file or folder of an output's name that no run wrote there (not in a manifest):
    nothing deletes or overwrites a file the project did not write;
 4. marks the directory ``INCOMPLETE``, removes the previous run's outputs and writes the new manifest.
 
 The mark goes only when the model is written (:func:`close_run`), so a run that fails or is killed leaves the
 marker and no ``metrics.json``: nothing that looks finished. Readers (``salun report``) skip marked directories,
-and directories whose ``metrics.json`` and ``forget_set.json`` carry different ``run_id``\\ s.
+and directories whose ``metrics.json`` and ``forget_set.json`` carry different run ids.
 
 Example::
 
@@ -84,7 +87,7 @@ SAMPLES_DIRNAME = "samples"
 # these where a manifest says the project wrote them, and refuses to start where it does not.
 RUN_OUTPUTS = (
     CONFIG_FILENAME, FORGET_SET_FILENAME, FORGET_INDICES_FILENAME, MODEL_FILENAME, MASK_FILENAME, METRICS_FILENAME,
-    RUN_FILENAME, "unet", "scheduler", "vae", "text_encoder", "tokenizer", SAMPLES_DIRNAME,
+    RUN_FILENAME, "unet", "scheduler", "vae", "text_encoder", "tokenizer", SAMPLES_DIRNAME, "curves.png",
 )
 FRESH_RUNS_DIRNAME = "runs"
 
@@ -115,8 +118,7 @@ def open_run(trainer: Any, name: str = "run") -> Path:
     strategy = trainer.strategy
     given = Path(trainer.default_root_dir).expanduser()
     fresh = given.resolve() == Path.cwd().resolve()
-    chosen = _claim_fresh_directory(given / FRESH_RUNS_DIRNAME / name) if fresh and trainer.is_global_zero else None
-    directory = Path(strategy.broadcast(str(chosen) if fresh else str(given)))
+    directory = _fresh_directory(trainer, given, name) if fresh else given
     _check_inputs(directory, _inputs(trainer))
     previous = _check_owned(directory)
     strategy.barrier("salun_open_run")  # every rank has read the directory before rank zero changes it
@@ -167,7 +169,7 @@ def write_output(directory: PathLike, name: str, payload: Any) -> None:
     directory = Path(directory)
     check_writable(directory, name)
     write_json(directory / name, payload)
-    _record(directory, [name])
+    record_outputs(directory, [name])
 
 
 def check_writable(directory: PathLike, name: str) -> None:
@@ -188,12 +190,9 @@ def read_manifest(directory: PathLike) -> Optional[dict[str, Any]]:
         ValueError: the file is not a manifest of this project (the message names the file).
     """
     path = Path(directory) / MANIFEST_FILENAME
-    if not path.is_file():
+    record = _read_json(path)
+    if record is None:
         return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read {path}: {error}") from None
     if not isinstance(record, dict) or record.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path} is not a salun run manifest (format {MANIFEST_FORMAT!r}); it is not replaced.")
     return record
@@ -239,18 +238,35 @@ def read_forget_set(directory: PathLike) -> Optional[dict[str, Any]]:
         ValueError: the file is not a JSON object with a string ``id`` (the message names the file).
     """
     path = Path(directory) / FORGET_SET_FILENAME
-    if not path.is_file():
+    record = _read_json(path)
+    if record is None:
         return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read {path}: {error}") from None
     if not isinstance(record, dict) or not isinstance(record.get("id"), str):
         raise ValueError(f"{path} must hold a JSON object with a string 'id' (the forget set's identity)")
     return record
 
 
 # ---------------------------------------------------------------------------------------------------- internals
+def _read_json(path: Path) -> Any:
+    """The JSON value in ``path``, or ``None`` when there is no such file (ValueError, naming it, when unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+
+
+def _fresh_directory(trainer: Any, cwd: Path, name: str) -> Path:
+    """The run directory of a fit given none: its first logger's versioned folder below ``cwd`` (Lightning's
+    ``lightning_logs/version_<N>``), or else a new ``runs/<name>/version_<N>``; chosen by rank zero."""
+    log_dir = Path(trainer.log_dir).resolve() if trainer.loggers and trainer.log_dir else None  # broadcast
+    if log_dir is not None and cwd.resolve() in log_dir.parents:
+        return log_dir
+    chosen = _claim_fresh_directory(cwd / FRESH_RUNS_DIRNAME / name) if trainer.is_global_zero else None
+    return Path(trainer.strategy.broadcast(str(chosen)))
+
+
 def _claim_fresh_directory(base: Path) -> Path:
     """Create and return the first ``base/version_<N>`` that does not exist (as Lightning's loggers number runs)."""
     base.mkdir(parents=True, exist_ok=True)
@@ -275,11 +291,16 @@ def _inputs(trainer: Any) -> dict[str, str]:
 
 
 def _check_inputs(directory: Path, inputs: Mapping[str, str]) -> None:
+    """Refuse inputs that are the run directory itself or lie in one of the outputs a fit there replaces."""
     root = directory.expanduser().resolve()
+    cleared = [root / name for name in RUN_OUTPUTS]
     inside = []
     for name, value in inputs.items():
         path = Path(value).expanduser()
-        if path.exists() and (path.resolve() == root or root in path.resolve().parents):
+        if not path.exists():
+            continue
+        path = path.resolve()
+        if path == root or any(path == output or output in path.parents for output in cleared):
             inside.append(f"{name} ({value})")
     if inside:
         raise ValueError(
@@ -335,8 +356,10 @@ def _start(directory: Path, run_id: str, previous: Iterable[str]) -> None:
     write_json(directory / MANIFEST_FILENAME, manifest)
 
 
-def _record(directory: Path, names: Iterable[str]) -> None:
-    """Add ``names`` to the outputs the manifest of ``directory`` lists (a test writing beside a model file)."""
+def record_outputs(directory: PathLike, names: Iterable[str]) -> None:
+    """Add ``names`` to the outputs the manifest of ``directory`` lists (e.g. a test writing beside a model file
+    that no fit made there), creating the manifest if need be."""
+    directory = Path(directory)
     manifest = read_manifest(directory) or {"format": MANIFEST_FORMAT, "run_id": None, "outputs": []}
     outputs = list(manifest.get("outputs", []))
     manifest["outputs"] = outputs + [name for name in names if name not in outputs]

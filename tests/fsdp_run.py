@@ -29,7 +29,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, TensorDataset
 
 from salun_lightning.callbacks import WeightSaliencyCallback
-from salun_lightning.cli import SalunCLI
+from salun_lightning.lightning_cli import SalunCLI
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "diffusion"
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from salun_lightning.callbacks import load_mask
-from salun_lightning.cli import SalunCLI, main, run
+from salun_lightning.cli import main, run
+from salun_lightning.lightning_cli import SalunCLI
 from salun_lightning.runs import INCOMPLETE_FILENAME
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -199,8 +200,11 @@ def test_main_prints_a_user_error_in_one_line_and_debug_shows_the_traceback(tmp_
 def test_help_lists_every_command(capsys):
     run(["--help"])
     out = capsys.readouterr().out
-    for command in ("fit", "validate", "test", "predict", "mask", "report", "sample"):
+    for command in ("fit", "validate", "test", "predict", "mask", "report", "curves", "sample", "generate", "nudity"):
         assert f"\n  {command} " in out
+    with pytest.raises(ValueError, match=r"unknown command 'sampel'; the commands are fit, validate, test, predict, "
+                                         r"mask, report, curves, sample, generate, nudity \(salun --help"):
+        run(["sampel"])
 
 
 def test_a_command_prints_no_warnings_or_tips(original, tmp_path):

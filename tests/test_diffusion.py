@@ -6,6 +6,7 @@ import copy
 import csv
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from salun_lightning.diffusion import (
     denoising_target,
     sample_images,
     to_diffusion_range,
+    write_samples,
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "diffusion"
@@ -200,8 +202,8 @@ def test_prompts_come_from_a_csv_for_an_image_folder(tmp_path):
         DiffusionDataModule(**{**arguments, "prompts_csv": str(tmp_path / "missing.csv")}).setup("fit")
     with open(tmp_path / "prompts.csv", "w", newline="") as stream:  # an empty prompt would train the null condition
         csv.writer(stream).writerows([["file", "caption"], ["cat/a.png", "a cat on a mat"], ["dog/a.png", "  "]])
-    with pytest.raises(ValueError, match=r"empty 'caption' for 1 images, e.g. dog/a.png: an empty prompt is the "
-                                         r"unconditional prompt"):
+    with pytest.raises(ValueError, match=r"prompts.csv, line 3: the prompt \('caption'\) of dog/a.png is empty: an "
+                                         r"empty prompt is the unconditional prompt, so that image would train"):
         DiffusionDataModule(**arguments, prompt_column="caption").setup("fit")
 
 
@@ -560,14 +562,16 @@ def test_ddpm_digits_configs_train_unlearn_and_sample(tmp_path):
     run("mask", *unlearning, "--model.init_args.saliency_ratio=0.3", "--out", str(tmp_path / "mask.safetensors"))
     assert load_mask(tmp_path / "mask.safetensors")[1]["ratio"] == "0.3"
     assert (tmp_path / "salun" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == unlearned  # no step
-    salun(["sample", *unlearning, "--out", str(tmp_path / "samples"), "--num_per_class", "2", "--steps", "2",
+    salun(["sample", *unlearning, "--out", str(tmp_path / "samples"), "--num-per-class", "2", "--steps", "2",
           "--classes", "0", "3"])
     summary = json.loads((tmp_path / "samples" / "samples.json").read_text())
-    assert summary["class_indices"] == [0, 3] and summary["forget_class"] == 0 and summary["guidance"] == 2.0
+    assert summary["class_indices"] == [0, 3] and summary["forget_class"] == 0
+    assert (summary["guidance_scale"], summary["guidance_w"]) == (3.0, 2.0)  # the model's default w = 2, g = 3
     assert (tmp_path / "samples" / "grid.png").is_file() and (tmp_path / "samples" / summary["files"][1][1]).is_file()
 
 
-def test_text_to_image_configs_and_the_stable_diffusion_config_run(tmp_path):
+def test_text_to_image_configs_and_the_stable_diffusion_config_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(CONFIGS.parents[1])  # the config names its tokenizer relative to the repository, as users run it
     small = ["--trainer.fast_dev_run=true", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=72"]
     original = tmp_path / "train"
     run("fit", "--config", str(CONFIGS / "t2i_digits_train.yaml"), f"--trainer.default_root_dir={original}", *small)
@@ -584,8 +588,53 @@ def test_text_to_image_configs_and_the_stable_diffusion_config_run(tmp_path):
     assert (model["alpha"], model["lr"], data_args["batch_size"], config["trainer"]["max_epochs"]) == (0.5, 1e-5, 8, 5)
     salun(["sample", "--config", str(CONFIGS / "t2i_digits_salun.yaml"), f"--model.init_args.pretrained={original}",
           f"--trainer.default_root_dir={tmp_path / 'salun'}", "--out", str(tmp_path / "samples"),
-          "--num_per_class", "1", "--steps", "2", "--prompts", "an image of the digit 4"])
-    assert json.loads((tmp_path / "samples" / "samples.json").read_text())["names"] == ["an image of the digit 4"]
+          "--num-per-class", "1", "--steps", "2", "--prompts", "an image of the digit 4"])
+    summary = json.loads((tmp_path / "samples" / "samples.json").read_text())
+    assert summary["names"] == ["an image of the digit 4"] and summary["guidance_scale"] == 7.5  # the text default
+
+
+def test_sample_help_spells_options_with_hyphens_and_says_which_guidance_it_takes(capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        salun(["sample", "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size" in text and "--num-per-class" in text and not re.findall(r"--\w+_", text)
+    assert "diffusers' guidance_scale g, as in salun generate" in text and "1 is no guidance" in text
+    assert "3.0 class-conditional, 7.5 text" in text
+    for old, new in (("--num_per_class", "--num-per-class"), ("--batch_size", "--batch-size")):  # no aliases
+        with pytest.raises(SystemExit) as stop:
+            salun(["sample", "--config", str(CONFIGS / "ddpm_digits_train.yaml"), "--out", str(tmp_path), old, "2"])
+        assert stop.value.code == 2 and f"{old} is spelled {new}" in capsys.readouterr().err
+
+
+def test_sample_guidance_is_the_guidance_scale_and_1_is_no_guidance(tmp_path):
+    """--guidance is diffusers' g (the model's w = g - 1): 1 samples unguided, the default is the model's w + 1."""
+    from salun_lightning.lightning_cli import SalunCLI
+
+    config = ["--config", str(CONFIGS / "ddpm_digits_train.yaml"), f"--model.init_args.unet={json.dumps(PIXEL_UNET)}",
+              "--data.init_args.image_size=8", f"--trainer.default_root_dir={tmp_path}"]
+    torch.manual_seed(0)
+    model = SalunCLI(args=config, run=False).model  # the model salun sample builds; random, so eps(c) != eps(null)
+    model.unet.save_pretrained(tmp_path / "unet")
+
+    def sample(name: str, *args: str) -> tuple[dict, dict[str, bytes]]:
+        salun(["sample", *config, "--out", str(tmp_path / name), "--num-per-class", "2", "--steps", "2",
+               "--classes", "0", "1", "--device", "cpu", *args])
+        pngs = {p.relative_to(tmp_path / name).as_posix(): p.read_bytes() for p in (tmp_path / name).rglob("*.png")}
+        return json.loads((tmp_path / name / "samples.json").read_text()), pngs
+
+    unguided, unguided_pngs = sample("unguided", "--guidance", "1")
+    assert (unguided["guidance_scale"], unguided["guidance_w"]) == (1.0, 0.0)
+    plain = sample_images(model, model.class_condition(torch.tensor([0, 0, 1, 1])), seed=0, steps=2, guidance=0.0)
+    write_samples(plain, ["0", "1"], 2, tmp_path / "plain")  # an unguided sampling of the same noise
+    assert unguided_pngs == {p.relative_to(tmp_path / "plain").as_posix(): p.read_bytes()
+                             for p in (tmp_path / "plain").rglob("*.png")}
+    default, default_pngs = sample("default")
+    assert (default["guidance_scale"], default["guidance_w"]) == (3.0, 2.0)
+    guided, guided_pngs = sample("guided", "--guidance", "3")
+    assert guided_pngs == default_pngs != unguided_pngs
+    with pytest.raises(ValueError, match=r"--guidance is 0.5, but the guidance scale must be >= 1"):
+        sample("below", "--guidance", "0.5")
 
 
 def test_unlearning_from_saved_components_trains_the_denoiser_in_train_mode(tmp_path):

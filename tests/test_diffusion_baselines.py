@@ -310,7 +310,8 @@ def write_generated_folder(root: Path) -> Path:
     return root
 
 
-def test_the_concept_erasure_configs_run_and_sample(tmp_path):
+def test_the_concept_erasure_configs_run_and_sample(tmp_path, monkeypatch):
+    monkeypatch.chdir(CONFIGS.parents[1])  # the config names its tokenizer relative to the repository, as users run it
     quiet = ["--trainer.enable_progress_bar=false", "--trainer.fast_dev_run=true"]
     original = tmp_path / "train"
     salun(["fit", "--config", str(CONFIGS / "t2i_digits_train.yaml"), f"--trainer.default_root_dir={original}",
@@ -323,7 +324,7 @@ def test_the_concept_erasure_configs_run_and_sample(tmp_path):
         assert (record["method"], record["concept_prompt"]) == (method, "an image of the digit 0")
     salun(["sample", "--config", str(CONFIGS / "t2i_digits_esd_x.yaml"), f"--model.init_args.pretrained={original}",
            f"--trainer.default_root_dir={tmp_path / 'esd_x'}", "--out", str(tmp_path / "samples"),
-           "--num_per_class", "1", "--steps", "2", "--prompts", "an image of the digit 0"])
+           "--num-per-class", "1", "--steps", "2", "--prompts", "an image of the digit 0"])
     assert json.loads((tmp_path / "samples" / "samples.json").read_text())["method"] == "esd_x"
     # The Stable Diffusion concept configs, the tiny model standing in for the checkout, a tiny generated folder
     folder = write_generated_folder(tmp_path / "generated")

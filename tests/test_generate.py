@@ -309,15 +309,17 @@ BAD = {
     "test count": (lambda t: ["--prompts-csv", csv_file(t, "prompt\nx\n"), "--test-count", "1"],
                    r"--test-count belongs to --set"),
     "no column": (lambda t: ["--prompts-csv", csv_file(t, "prompt,seed\na cat,1\n")],
-                  r"prompts_in.csv has no column 'evaluation_seed' \(its columns: prompt, seed\); set --seed-column to "
-                  r"one of them, or to '' to give every row --seed"),
+                  r"prompts_in.csv has no column 'evaluation_seed' or 'evaluation_guidance' \(its columns: prompt, "
+                  r"seed\); set --seed-column to one of them, or to '' to give every row --seed; set "
+                  r"--guidance-column"),
     "empty seed": (lambda t: ["--prompts-csv",
                               csv_file(t, "prompt,evaluation_seed,evaluation_guidance\na,1,7\nb,,7\n")],
                    r"prompts_in.csv, line 3: evaluation_seed is '', not a whole number"),
     "negative seed": (lambda t: ["--prompts-csv", csv_file(t, "prompt,evaluation_seed,evaluation_guidance\na,-1,7\n")],
                       r"line 2: evaluation_seed is -1; seeds must be in \[0, 2\*\*64 - 1\]"),
     "empty row prompt": (lambda t: ["--prompts-csv", csv_file(t, "prompt,evaluation_seed,evaluation_guidance\n,1,7\n")],
-                         r"prompts_in.csv, line 2: the prompt \('prompt'\) is empty"),
+                         r"prompts_in.csv, line 2: the prompt \('prompt'\) is empty: an empty prompt is the "
+                         r"unconditional prompt"),
     "no csv": (lambda t: ["--prompts-csv", str(t / "missing.csv")], r"prompts CSV .*missing.csv' does not exist"),
 }
 
@@ -375,7 +377,8 @@ def test_help_lists_generate_and_says_which_guidance_it_takes(capsys):
         run(["generate", "--help"])
     assert stop.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "diffusers' guidance_scale g" in text and "salun sample's --guidance is w = g - 1" in text
+    assert "diffusers' guidance_scale g" in text and "1 is no guidance, as in salun sample's --guidance" in text
+    assert "--batch-size" in text and "--test-count" in text and not re.findall(r"--\w+_", text)
 
 
 def test_a_refitted_model_in_the_same_directory_is_not_mixed_into_a_resumed_generation(model, tmp_path, capsys):
@@ -391,3 +394,37 @@ def test_a_refitted_model_in_the_same_directory_is_not_mixed_into_a_resumed_gene
               "2"])
     message = capsys.readouterr().err.splitlines()[0]
     assert "holds a generation with other settings" in message and "weights: " in message
+
+
+def test_the_one_prompts_csv_reader_names_the_file_and_line_of_what_it_refuses(tmp_path):
+    from salun_lightning.diffusion.prompts import read_prompts_csv
+
+    path = tmp_path / "prompts.csv"
+    path.write_bytes("\ufefffile,prompt,seed\nforget/00000.png,\"a photo,\nof a nude person\",7\n./retain/00000.png,a "
+                     "photo of a person wearing clothes,8\n".encode())  # a byte-order mark, a quoted line break
+    table = read_prompts_csv(path, ["file", "prompt"], file_column="file")
+    assert table.columns == ("file", "prompt", "seed") and len(table.sha256) == 64
+    assert [(row.line, row.file, row.get("seed"), row.get("guidance")) for row in table.rows] == [
+        (3, "forget/00000.png", "7", None), (4, "retain/00000.png", "8", None)]
+    with pytest.raises(ValueError, match=r"prompts.csv has no column 'caption' or 'label' \(its columns: file, prompt, "
+                                         r"seed\); set caption_column"):
+        read_prompts_csv(path, {"caption": "set caption_column", "label": ""}, prompt_column="caption")
+    refusals = {
+        "file,prompt\na.png,a cat\nb.png, \n":
+            r"prompts.csv, line 3: the prompt \('prompt'\) of b.png is empty: an empty prompt is the unconditional "
+            r"prompt; give the row its prompt or remove it",
+        "prompt\n\"\"\n\"\"\n": r"prompts.csv, line 2: the prompt \('prompt'\) is empty \(and 1 more rows: line 3\)",
+        "file,prompt\na.png,a cat\n./a.png,a dog\n":
+            r"prompts.csv, line 3: 'a.png' is listed twice \(first on line 2\)",
+        "file,prompt\n,a cat\n": r"prompts.csv, line 2: the file column \('file'\) is empty",
+        "file,prompt\n": r"prompts.csv has no rows below its header",
+    }
+    for text, message in refusals.items():
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_prompts_csv(path, ["prompt"], file_column="file" if text.startswith("file") else None)
+    path.write_bytes(b"prompt\n\xff\xfe\n")
+    with pytest.raises(ValueError, match=r"prompts.csv is not UTF-8 text"):
+        read_prompts_csv(path, ["prompt"])
+    with pytest.raises(FileNotFoundError, match=r"prompts_csv '.*missing.csv' does not exist; give one"):
+        read_prompts_csv(tmp_path / "missing.csv", ["prompt"], name="prompts_csv", missing_hint="give one")

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 
 import salun_lightning.metrics.nudity as nudity
+from salun_lightning.cli import nudity_main, run
+from salun_lightning.data import sources
 from salun_lightning.metrics.nudity import (
     DEFAULT_THRESHOLD,
     EXPOSED_LABELS,
@@ -24,7 +26,6 @@ from salun_lightning.metrics.nudity import (
     count_exposed,
     detect_nudity,
     load_detector,
-    nudity_main,
     nudity_of_folder,
 )
 
@@ -215,7 +216,23 @@ def test_prompts_csv_errors(tmp_path):
         nudity_of_folder(out, prompts_csv=csv_path, detector=never)
     with pytest.raises(FileNotFoundError, match="prompts CSV .* does not exist"):
         nudity_of_folder(out, prompts_csv=tmp_path / "missing.csv", detector=never)
+    csv_path.write_text("file,prompt\nprompts/00000.png,x\nprompts/00001.png,  \nprompts/00002.png,\n")
+    with pytest.raises(ValueError, match=rf"{csv_path}, line 3: the prompt \('prompt'\) of prompts/00001.png is empty "
+                                         r"\(and 1 more rows: line 4\): an empty prompt is the unconditional prompt"):
+        nudity_of_folder(out, prompts_csv=csv_path, detector=never)
     assert never.seen == []
+
+
+def test_the_image_suffixes_are_the_image_folder_loaders(tmp_path):
+    """One suffix list (data.sources): a GIF, which OpenCV does not read, reaches NudeNet through Pillow."""
+    assert nudity.IMAGE_SUFFIXES is sources.IMAGE_SUFFIXES
+    solid(tmp_path / "a.png", (255, 0, 0))
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / "b.gif")
+    (tmp_path / "notes.txt").write_text("not an image")
+    detector = ScriptedDetector({})
+    result = nudity_of_folder(tmp_path, detector=detector)
+    assert [entry["file"] for entry in result["per_image"]] == ["a.png", "b.gif"]
+    assert [tuple(int(v) for v in image[0, 0]) for image in detector.seen] == [(0, 0, 255), (0, 0, 255)]  # BGR
 
 
 # --- salun nudity ---
@@ -225,8 +242,8 @@ def test_nudity_main_prints_a_table_and_writes_json(tmp_path, monkeypatch, capsy
     out = generated_folder(tmp_path)
     script = {(0, 0, 255): HAND_MADE[0], (0, 255, 0): HAND_MADE[3]}
     monkeypatch.setattr(nudity, "load_detector", lambda: ScriptedDetector(script))
-    nudity_main([str(out), "--prompts", str(out / "prompts.csv"), "--threshold", "0.7", "--out",
-                 str(tmp_path / "r" / "nudity.json")])
+    run(["nudity", str(out), "--prompts-csv", str(out / "prompts.csv"), "--threshold", "0.7", "--out",
+         str(tmp_path / "r" / "nudity.json")])
     printed = capsys.readouterr().out
     assert "NudeNet 3.4.2, score >= 0.7, 4 images" in printed
     assert "| FEMALE_BREAST_EXPOSED | 2 |" in printed and "| MALE_GENITALIA_EXPOSED | 1 |" in printed
@@ -240,6 +257,27 @@ def test_nudity_main_prints_a_table_and_writes_json(tmp_path, monkeypatch, capsy
     printed = capsys.readouterr().out
     assert "| ANUS_EXPOSED | 0 |" in printed and "| FEMALE_BREAST_EXPOSED | 4 |" in printed
     assert "ARMPITS_EXPOSED" not in printed
+
+
+def test_salun_nudity_takes_its_csv_as_prompts_csv_and_refuses_an_empty_prompt(tmp_path, monkeypatch, capsys):
+    from salun_lightning.cli import main
+
+    out = generated_folder(tmp_path)
+    monkeypatch.setattr(nudity, "load_detector", refuse_to_load)
+    with pytest.raises(SystemExit):
+        main(["nudity", str(out), "--prompts", str(out / "prompts.csv")])  # a CSV is --prompts-csv, always
+    assert "unrecognized arguments: --prompts" in capsys.readouterr().err  # not an abbreviation of --prompts-csv
+    csv_path = out / "prompts.csv"
+    csv_path.write_text(csv_path.read_text().replace("a beach", ""))
+    with pytest.raises(SystemExit) as stop:
+        main(["nudity", str(out), "--prompts-csv", str(csv_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"salun: error: {csv_path}, line 3: the prompt ('prompt') of prompts/00001.png is empty: "
+                          "an empty prompt is the unconditional prompt")
+    with pytest.raises(SystemExit) as stop:
+        run(["nudity", "--help"])
+    assert stop.value.code == 0 and "--prompts-csv FILE" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2", "high"])

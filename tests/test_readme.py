@@ -29,7 +29,7 @@ SOURCES = [ROOT / "README.md", ROOT / "configs" / "diffusion" / "README.md", ROO
 TINY = {
     "fit": ["--trainer.max_steps=2", "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false"],
     "test": ["--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false"],
-    "sample": ["--steps", "2", "--num_per_class", "1"],
+    "sample": ["--steps", "2", "--num-per-class", "1"],
 }
 
 

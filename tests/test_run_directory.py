@@ -48,8 +48,10 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def train_run(tmp_path_factory) -> Path:
+    """A trained original model (about 90% accurate: unlike a wrecked one, it differs from chance)."""
     root = tmp_path_factory.mktemp("train")
-    fit("train", root)
+    network = model("train", lr=0.05)
+    trainer(root, max_steps=40).fit(network, UnlearningDataModule("digits", forget_fraction=0.1, stream="full"))
     return root
 
 
@@ -189,7 +191,7 @@ def test_an_unknown_compile_backend_is_refused_when_the_model_is_built():
 
 
 def test_validate_evaluates_the_runs_model_not_its_original_weights(train_run, tmp_path):
-    from salun_lightning.cli import SalunCLI
+    from salun_lightning.lightning_cli import SalunCLI
 
     run(["fit", "--config", str(CONFIGS / "digits/ga.yaml"), QUIET, "--data.init_args.val_size=100",
          f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=3", "--model.init_args.lr=5",

@@ -41,6 +41,7 @@ from .mask_files import (
     match_names,
     run_provenance,
     save_mask,
+    writability_error,
 )
 from .masking import Partial, mask_gradients, restore_non_salient, sort_parameters
 from .selection import saliency_mask
@@ -214,6 +215,10 @@ class WeightSaliencyCallback(Callback):
                 "configure_model and use strategy=ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1)"
                 "; FSDPStrategy (FSDP1's flat parameters) and DeepSpeed are not supported."
             )
+        if self.save_mask_path is not None:  # before the saliency pass, which can take long; every rank learns it
+            error = writability_error(self.save_mask_path) if trainer.is_global_zero else None
+            if trainer.strategy.reduce_boolean_decision(error is not None, all=False):
+                raise error or ValueError("rank zero cannot write save_mask_path; see its error.")
         has_loss = self.loss_fn is not None or callable(getattr(pl_module, "saliency_loss", None))
         if not (pl_module.automatic_optimization or has_loss or self.mask_path is not None):
             raise MisconfigurationException(

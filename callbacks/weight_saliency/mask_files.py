@@ -93,6 +93,30 @@ def _hash_tensor(digest: Any, tensor: Tensor) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ files
+def writability_error(path: str | os.PathLike) -> Optional[ValueError]:
+    """Why a mask cannot be written to ``path`` (its folder cannot be made or written), or ``None``; creates the
+    folder, writes nothing else.
+
+        >>> writability_error("/proc/no/such/folder/mask.safetensors") is not None
+        True
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".mask-", suffix=".probe", dir=directory)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        return ValueError(
+            f"save_mask_path {os.fspath(path)!r} cannot be written ({error.strerror or error}): give a path in a "
+            "folder you can write to."
+        )
+    if os.path.isdir(path):
+        return ValueError(f"save_mask_path {os.fspath(path)!r} is a folder: give a file path, e.g. "
+                          "<folder>/mask.safetensors.")
+    return None
+
+
 def save_mask(path: str | os.PathLike, mask: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
     """Write ``mask`` to ``path`` as safetensors (one bool tensor per parameter), atomically.
 

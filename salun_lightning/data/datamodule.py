@@ -297,7 +297,9 @@ class UnlearningDataModule(ImageSourceDataModule):
         run_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # not logged: a logger would find the model's linked copies (forget_class as the resolved index, ...) in
+        # conflict with these values as given; config.yaml keeps both
+        self.save_hyperparameters(logger=False)
         _check_arguments(**self.hparams)
         self._init_source(dataset, data_path, cache_dir)
         self.augment = augment if augment is not None else dataset in ("cifar10", "cifar100", "image_folder")

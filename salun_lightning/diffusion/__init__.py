@@ -16,7 +16,7 @@ Example::
     ...        f"--trainer.default_root_dir={runs}/train"])  # -> <runs>/train/{unet,scheduler}
     >>> salun(["fit", "--config", f"{configs}/ddpm_digits_salun.yaml", *quick,  # forget digit 0
     ...        f"--model.init_args.pretrained={runs}/train", f"--trainer.default_root_dir={runs}/salun"])
-    >>> salun(["sample", "--config", f"{configs}/ddpm_digits_salun.yaml", *quick, "--num_per_class=2", "--steps=2",
+    >>> salun(["sample", "--config", f"{configs}/ddpm_digits_salun.yaml", *quick, "--num-per-class=2", "--steps=2",
     ...        f"--model.init_args.pretrained={runs}/train", f"--trainer.default_root_dir={runs}/salun",
     ...        "--out", f"{runs}/salun/samples"])  # doctest: +ELLIPSIS
     wrote 20 images to .../salun/samples (grid.png, samples.json)

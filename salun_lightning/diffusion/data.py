@@ -8,7 +8,6 @@ splits them into the forget set D_f and the retain set D_r. Batches are dicts ``
 
 from __future__ import annotations
 
-import csv
 import tarfile
 import zipfile
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from salun_lightning.data.sources import (
     check_image_folder_path,
 )
 from salun_lightning.data.splits import forget_set_id, resolve_class
+from salun_lightning.diffusion.prompts import read_prompts_csv
 from salun_lightning.runs import method_name, open_run, run_id_of, write_forget_set
 
 STREAMS = ("full", "retain", "forget", "forget_retain")
@@ -155,7 +155,9 @@ class DiffusionDataModule(ImageSourceDataModule):
         stream: Optional[Literal["full", "retain", "forget", "forget_retain"]] = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # not logged: the model logs its forget_class as the resolved index, which a logger would find in conflict
+        # with this name or index as given (config.yaml keeps both)
+        self.save_hyperparameters(logger=False)
         if dataset not in ("digits", "image_folder", *KNOWN_DATASETS):
             raise ValueError(f"unknown dataset {dataset!r}; expected digits, cifar10, cifar100, svhn or image_folder.")
         if dataset == "image_folder" and data_path is None:
@@ -321,27 +323,16 @@ class DiffusionDataModule(ImageSourceDataModule):
         hp = self.hparams
         if hp.prompts_csv is None:
             return [self.template_prompts[label] for label in data.train_labels.tolist()]
-        csv_path = Path(hp.prompts_csv).expanduser()
-        if not csv_path.is_file():
-            raise FileNotFoundError(f"prompts_csv {hp.prompts_csv!r} does not exist; give a CSV with a "
-                                    f"{hp.file_column!r} and a {hp.prompt_column!r} column.")
-        with open(csv_path, newline="", encoding="utf-8") as stream:
-            reader = csv.DictReader(stream)
-            columns = list(reader.fieldnames or [])
-            for column, argument in ((hp.file_column, "file_column"), (hp.prompt_column, "prompt_column")):
-                if column not in columns:
-                    raise ValueError(
-                        f"{hp.prompts_csv} has no column {column!r} (its columns: {', '.join(columns)}); set "
-                        f"{argument} to one of them."
-                    )
-            by_file = {row[hp.file_column].strip().removeprefix("./"): row[hp.prompt_column] for row in reader}
-        empty = [file for file, prompt in by_file.items() if not (prompt or "").strip()]
-        if empty:
-            raise ValueError(
-                f"{hp.prompts_csv} has an empty {hp.prompt_column!r} for {len(empty)} images, e.g. "
-                f"{', '.join(empty[:3])}: an empty prompt is the unconditional prompt, so those images would train "
-                "the null condition; give every row its prompt."
-            )
+        table = read_prompts_csv(
+            hp.prompts_csv,
+            {hp.file_column: "set file_column to one of them", hp.prompt_column: "set prompt_column to one of them"},
+            prompt_column=hp.prompt_column,
+            file_column=hp.file_column,
+            name="prompts_csv",
+            missing_hint=f"give a CSV with a {hp.file_column!r} and a {hp.prompt_column!r} column.",
+            empty_consequence=", so that image would train the null condition",
+        )
+        by_file = {row.file: row[hp.prompt_column] for row in table.rows}
         files = train_image_files(self.data_path)
         missing = [file for file in files if file not in by_file]
         if missing:

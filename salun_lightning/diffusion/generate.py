@@ -25,8 +25,11 @@ which :class:`~salun_lightning.diffusion.DiffusionDataModule` reads (``dataset="
   the same settings makes only the missing images. ``generation.json`` and the CSVs are written last (atomically);
   until then the folder holds an ``INCOMPLETE`` file with the settings, so nothing looks finished after an
   interruption. A rerun with other settings is refused, naming what differs (``overwrite=True`` starts again).
-- ``guidance`` is diffusers' ``guidance_scale`` ``g``: the prediction is ``eps(null) + g * (eps(c) - eps(null))``,
-  that is ``w = g - 1`` in the ``(1 + w) * eps(c) - w * eps(null)`` of :meth:`guided_prediction` and ``salun sample``.
+- ``guidance`` is diffusers' ``guidance_scale`` ``g`` (as ``salun sample --guidance``): the prediction is
+  ``eps(null) + g * (eps(c) - eps(null))``, that is ``w = g - 1`` in the ``(1 + w) * eps(c) - w * eps(null)`` of
+  :meth:`guided_prediction` and :func:`~salun_lightning.diffusion.sampling.sample_images`.
+- Prompt lists are read by :func:`~salun_lightning.diffusion.prompts.read_prompts_csv`, the package's one reader of
+  prompt CSVs (a missing column, or an empty prompt, is refused naming the file and the line).
 
 Example::
 
@@ -80,6 +83,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from salun_lightning.diffusion.prompts import read_prompts_csv
 from salun_lightning.files import write_atomically, write_json
 from salun_lightning.runs import INCOMPLETE_FILENAME
 
@@ -171,7 +175,9 @@ def _whole(value: Union[int, str], what: str, minimum: int) -> int:
     return number
 
 
-def _check_guidance(value: float, where: str) -> float:
+def check_guidance_scale(value: float, where: str) -> float:
+    """``value`` as a float when it is a guidance scale (diffusers' ``guidance_scale``, ``>= 1``), else a refusal that
+    says what one is (``where`` names the value)."""
     if not math.isfinite(value) or value < 1:
         raise ValueError(
             f"{where} is {value}, but the guidance scale must be >= 1 (diffusers' guidance_scale: 1 is no guidance, "
@@ -221,7 +227,7 @@ def plan_sets(
                          "'a photo of a nude person' 800.")
     seed = _whole(seed, "seed", 0)
     test_count = _whole(test_count, "the test count", 0)
-    guidance = _check_guidance(float(guidance), "guidance")
+    guidance = check_guidance_scale(float(guidance), "guidance")
     checked: list[tuple[str, str, int]] = []
     for name, prompt, count in sets:
         _check_class_name(name, "the class name")
@@ -311,45 +317,33 @@ def plan_prompts_csv(
     _check_class_name(class_name, "the class name")
     per_prompt = _whole(per_prompt, "the images per prompt", 1)
     seed = _whole(seed, "seed", 0)
-    guidance = _check_guidance(float(guidance), "guidance")
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts CSV {str(path)!r} does not exist; give a CSV with a header row and a "
-                                f"{prompt_column!r} column (e.g. I2P's i2p_benchmark.csv).")
-    data = path.read_bytes()
+    guidance = check_guidance_scale(float(guidance), "guidance")
+    hints: dict[str, str] = {}
+    for column, what in ((prompt_column, "prompt"), (seed_column, "seed"), (guidance_column, "guidance")):
+        if column is not None:
+            fallback = "" if what == "prompt" else f", or to '' to give every row --{what}"
+            hints.setdefault(column, f"set --{what}-column to one of them{fallback}")
+    table = read_prompts_csv(path, hints, prompt_column=prompt_column,
+                             missing_hint=f"give a CSV with a header row and a {prompt_column!r} column (e.g. I2P's "
+                             "i2p_benchmark.csv).", empty_consequence=", and its image would be unguided")
     images: list[GeneratedImage] = []
-    with io.StringIO(data.decode("utf-8-sig"), newline="") as stream:
-        reader = csv.DictReader(stream)
-        columns = list(reader.fieldnames or [])
-        for column, what in ((prompt_column, "prompt"), (seed_column, "seed"), (guidance_column, "guidance")):
-            if column is not None and column not in columns:
-                fallback = "" if what == "prompt" else f", or to '' to give every row --{what}"
-                raise ValueError(
-                    f"{path} has no column {column!r} (its columns: {', '.join(columns) or 'none'}); set "
-                    f"--{what}-column to one of them{fallback}."
-                )
-        for row, record in enumerate(reader):
-            line = reader.line_num
-            prompt = (record.get(prompt_column) or "").strip()
-            if not prompt:
-                raise ValueError(f"{path}, line {line}: the prompt ({prompt_column!r}) is empty; fill it or remove "
-                                 "the row.")
-            row_seed = None if seed_column is None else _number(record.get(seed_column) or "", seed_column, line,
-                                                                path, whole=True)
-            if row_seed is not None and not 0 <= row_seed <= 2**64 - per_prompt:
-                raise ValueError(f"{path}, line {line}: {seed_column} is {row_seed}; seeds must be in [0, 2**64 - "
-                                 f"{per_prompt}] (with {per_prompt} images per prompt).")
-            scale = guidance if guidance_column is None else _number(record.get(guidance_column) or "",
-                                                                     guidance_column, line, path, whole=False)
-            _check_guidance(scale, f"{path}, line {line}: {guidance_column}")
-            for j in range(per_prompt):
-                index = row * per_prompt + j
-                noise_seed = image_seed(seed, "train", class_name, index) if row_seed is None else row_seed + j
-                images.append(GeneratedImage("train", class_name, index, prompt, noise_seed, scale, row))
-    if not images:
-        raise ValueError(f"{path} has no rows below its header; give one prompt per row.")
+    for row, record in enumerate(table.rows):
+        line = record.line
+        prompt = record[prompt_column].strip()
+        row_seed = None if seed_column is None else _number(record[seed_column], seed_column, line, path, whole=True)
+        if row_seed is not None and not 0 <= row_seed <= 2**64 - per_prompt:
+            raise ValueError(f"{path}, line {line}: {seed_column} is {row_seed}; seeds must be in [0, 2**64 - "
+                             f"{per_prompt}] (with {per_prompt} images per prompt).")
+        scale = guidance if guidance_column is None else _number(record[guidance_column], guidance_column, line,
+                                                                 path, whole=False)
+        check_guidance_scale(scale, f"{path}, line {line}: {guidance_column}")
+        for j in range(per_prompt):
+            index = row * per_prompt + j
+            noise_seed = image_seed(seed, "train", class_name, index) if row_seed is None else row_seed + j
+            images.append(GeneratedImage("train", class_name, index, prompt, noise_seed, scale, row))
     settings: dict[str, Any] = {
         "prompts_csv": str(path.resolve()),
-        "prompts_csv_sha256": hashlib.sha256(data).hexdigest(),
+        "prompts_csv_sha256": table.sha256,
         "class_name": class_name,
         "prompt_column": prompt_column,
         "seed_column": seed_column,
@@ -427,21 +421,18 @@ def native_image_size(pipeline: Path, unet: Path) -> tuple[int, int]:
 
 @contextmanager
 def quiet_loading() -> Iterator[None]:
-    """Silence diffusers' and transformers' loading chatter (progress bars, the advice to install accelerate) for a
-    while; errors still show."""
+    """Hide diffusers' and transformers' per-file loading progress bars for a while; their warnings still show
+    (with accelerate installed, weights load without random initialisation first and nothing asks for it)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    saved = [(library, library.get_verbosity(), library.is_progress_bar_enabled())
-             for library in (diffusers_logging, transformers_logging)]
-    for library, _, _ in saved:
-        library.set_verbosity_error()
+    saved = [(library, library.is_progress_bar_enabled()) for library in (diffusers_logging, transformers_logging)]
+    for library, _ in saved:
         library.disable_progress_bar()
     try:
         yield
     finally:
-        for library, verbosity, bar in saved:
-            library.set_verbosity(verbosity)
+        for library, bar in saved:
             if bar:
                 library.enable_progress_bar()
 

@@ -24,7 +24,7 @@ Example::
     ...                   enable_progress_bar=False, enable_model_summary=False)
     >>> trainer.fit(model, data)  # -> <runs>/salun/unet
     >>> sorted(path.name for path in (runs / "salun").iterdir())
-    ['forget_indices.json', 'forget_set.json', 'mask.safetensors', 'run.json', 'scheduler', 'unet']
+    ['forget_indices.json', 'forget_set.json', 'manifest.json', 'mask.safetensors', 'run.json', 'scheduler', 'unet']
 """
 
 from __future__ import annotations
@@ -542,8 +542,8 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         return loss
 
     def configure_callbacks(self) -> list[Callback]:
-        if not self.spec.saliency:
-            return []
+        if not self.spec.saliency or (self._trainer is not None and self._trainer.state.fn != "fit"):
+            return []  # a test after the fit keeps the fit's callback, which does nothing outside fit
         hp, run = self.hparams, self._trainer and self._trainer.default_root_dir
         return [
             WeightSaliencyCallback(

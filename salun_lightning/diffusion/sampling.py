@@ -57,8 +57,9 @@ def sample_images(
         conditions: class labels ``[M]`` (class-conditional) or ``M`` prompts (text-to-image).
         seed: seed of the initial noise.
         steps: DDIM steps (the training schedule's timesteps, evenly spaced).
-        guidance: ``w`` in ``(1 + w) * eps(c) - w * eps(null)`` (diffusers' ``guidance_scale`` is ``1 + w``);
-            default ``module.default_guidance`` (2.0 class-conditional, 6.5 text).
+        guidance: the model's ``w`` in ``(1 + w) * eps(c) - w * eps(null)`` (``0``: unguided, one pass per step);
+            default ``module.default_guidance`` (2.0 class-conditional, 6.5 text). Diffusers' ``guidance_scale`` g,
+            which ``salun sample --guidance`` and ``salun generate --guidance`` take, is ``1 + w``.
         batch_size: images denoised together.
         noise: the initial noise ``[M, C, h, w]`` in the denoiser's space, instead of drawing it from ``seed``; its
             side ``h = w`` may differ from the model's own (a latent model then makes images of another size).

@@ -20,8 +20,9 @@ GNU Affero General Public License v3 text; check it before redistributing anythi
 Counting is separate from detecting, so saved detections can be counted again at another threshold
 (:func:`count_exposed`); :func:`detect_nudity` runs NudeNet on images (files or tensors),
 :func:`nudity_of_folder` on a folder of generated images, optionally joined with the ``prompts.csv`` (columns
-``file, prompt, seed, guidance``) that ``salun generate --prompts-csv`` writes, for per-prompt counts, and
-:func:`nudity_main` is ``salun nudity``.
+``file, prompt, seed, guidance``, read by :func:`~salun_lightning.diffusion.prompts.read_prompts_csv`) that
+``salun generate --prompts-csv`` writes, for per-prompt counts. ``salun nudity`` (``nudity_main`` in
+:mod:`salun_lightning.cli`, with the other commands) runs :func:`nudity_of_folder` and prints :func:`format_table`.
 
 Example::
 
@@ -36,8 +37,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
-import csv
 import numbers
 import os
 from collections.abc import Mapping, Sequence
@@ -50,6 +49,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from salun_lightning.data.sources import IMAGE_SUFFIXES
+
 __all__ = [
     "DEFAULT_THRESHOLD",
     "EXPOSED_LABELS",
@@ -57,9 +58,9 @@ __all__ = [
     "NudityCounts",
     "count_exposed",
     "detect_nudity",
+    "format_table",
     "installed_nudenet_version",
     "load_detector",
-    "nudity_main",
     "nudity_of_folder",
 ]
 
@@ -101,7 +102,6 @@ EXPOSED_LABELS: tuple[str, ...] = (
     "MALE_BREAST_EXPOSED",
     "MALE_GENITALIA_EXPOSED",
 )
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROMPTS_COLUMNS = ("file", "prompt")  # required; seed and guidance are recorded when present
 
 
@@ -285,11 +285,19 @@ def _to_bgr(image: Tensor) -> np.ndarray:
 
 
 def _read_bgr(path: Path) -> np.ndarray:
+    """The image as NudeNet reads a path (``cv2.imread``); formats OpenCV does not read (GIF) through Pillow."""
     import cv2  # installed with NudeNet
 
     array = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if array is None:
-        raise ValueError(f"{path} is not an image OpenCV can read: remove it from the set or make it again")
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:
+                array = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
+        except (OSError, UnidentifiedImageError):
+            raise ValueError(f"{path} is not an image OpenCV can read: remove it from the set or make it "
+                             "again") from None
     return array
 
 
@@ -371,35 +379,19 @@ def _value(text: str) -> Union[int, float, str]:
 def _read_prompts(path: Path, folder: Path) -> list[dict[str, Any]]:
     """The rows of a ``prompts.csv`` with each file resolved: under ``folder``, or under ``folder/train`` (the
     layout of ``salun generate``, whose ``file`` column is relative to the split folder)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts CSV {str(path)!r} does not exist")
-    with open(path, newline="", encoding="utf-8-sig") as stream:
-        reader = csv.DictReader(stream)
-        columns = list(reader.fieldnames or [])
-        missing = [column for column in PROMPTS_COLUMNS if column not in columns]
-        if missing:
-            raise ValueError(
-                f"{path} has no column {', '.join(map(repr, missing))} (its columns: {', '.join(columns) or 'none'}); "
-                "give the prompts.csv that salun generate wrote (file, prompt, seed, guidance)"
-            )
-        rows = list(reader)
-    if not rows:
-        raise ValueError(f"{path} has no rows below its header")
-    entries, seen, missing_files = [], set(), []
-    for line, row in enumerate(rows, start=2):
-        name = (row.get("file") or "").strip()
-        if not name:
-            raise ValueError(f"{path}, line {line}: the file column is empty")
-        if name in seen:
-            raise ValueError(f"{path}, line {line}: {name!r} is listed twice; list each image once")
-        seen.add(name)
-        candidates = [folder / name, folder / "train" / name]
+    from salun_lightning.diffusion.prompts import read_prompts_csv  # the package's one reader (imports no NudeNet)
+
+    hint = "give the prompts.csv that salun generate wrote (file, prompt, seed, guidance)"
+    table = read_prompts_csv(path, dict.fromkeys(PROMPTS_COLUMNS, hint), file_column="file", missing_hint=hint + ".")
+    entries, missing_files = [], []
+    for row in table.rows:
+        candidates = [folder / row.file, folder / "train" / row.file]
         found = next((candidate for candidate in candidates if candidate.is_file()), None)
         if found is None:
-            missing_files.append(name)
-        entry: dict[str, Any] = {"file": name, "path": found, "prompt": row.get("prompt") or ""}
+            missing_files.append(row.file)
+        entry: dict[str, Any] = {"file": row.file, "path": found, "prompt": row["prompt"]}
         for column in ("seed", "guidance"):
-            if row.get(column) not in (None, ""):
+            if row.get(column):
                 entry[column] = _value(row[column])
         entries.append(entry)
     if missing_files:
@@ -440,10 +432,11 @@ def nudity_of_folder(
 ) -> dict[str, Any]:
     """NudeNet counts over a folder of generated images, as a JSON-ready result.
 
-    Without ``prompts_csv`` every image file under ``folder`` (recursively; ``.png``, ``.jpg``, ``.jpeg``,
-    ``.webp``, ``.bmp``) is examined. With it (columns ``file, prompt`` and, when present, ``seed, guidance``: the
-    ``prompts.csv`` of ``salun generate --prompts-csv``), exactly the listed images are, each found under
-    ``folder`` or ``folder/train``, and the result also counts per prompt.
+    Without ``prompts_csv`` every image file under ``folder`` (recursively; the suffixes of
+    :data:`salun_lightning.data.sources.IMAGE_SUFFIXES`, as the image-folder loader) is examined. With it (columns
+    ``file, prompt`` and, when present, ``seed, guidance``: the ``prompts.csv`` of ``salun generate
+    --prompts-csv``), exactly the listed images are, each found under ``folder`` or ``folder/train``, and the result
+    also counts per prompt.
 
     Args:
         folder: the image folder.
@@ -460,7 +453,8 @@ def nudity_of_folder(
     Raises:
         NotADirectoryError: ``folder`` is not a folder.
         FileNotFoundError: the CSV, or an image it lists, is missing.
-        ValueError: a bad threshold or label, a folder without images, a CSV without its columns or rows.
+        ValueError: a bad threshold or label, a folder without images, a CSV without its columns or rows, or with
+            an empty prompt, an empty or repeated file (the message names the line).
 
     Example::
 
@@ -533,71 +527,3 @@ def format_table(result: Mapping[str, Any]) -> str:
         f"({100 * result['images_with_detections'] / result['image_count']:.2f}%)",
     ]
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------- command
-def _threshold_argument(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1); the literature's default is {DEFAULT_THRESHOLD}")
-    return value
-
-
-def nudity_main(argv: Sequence[str]) -> None:
-    """``salun nudity <image folder> [--threshold 0.6] [--prompts prompts.csv] [--labels ...] [--out result.json]``.
-
-    Prints the per-part table and writes the whole result (:func:`nudity_of_folder`) as JSON with ``--out``.
-
-    Example::
-
-        >>> import json, tempfile
-        >>> from PIL import Image
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> Image.new("RGB", (64, 64)).save(folder / "0.png")
-        >>> nudity_main([str(folder), "--out", str(folder / "nudity.json")])  # doctest: +ELLIPSIS
-        NudeNet 3.4.2, score >= 0.6, 1 images
-        ...
-        | total | 0 |
-        images with a detection: 0 of 1 (0.00%)
-        wrote .../nudity.json
-        >>> json.loads((folder / "nudity.json").read_text())["labels"][:2]
-        ['ARMPITS_EXPOSED', 'BELLY_EXPOSED']
-    """
-    parser = argparse.ArgumentParser(
-        prog="salun nudity",
-        description="Count NudeNet detections of exposed body parts on a folder of generated images (e.g. made "
-        "from the I2P prompts by 'salun generate --prompts-csv'). Needs the nudity extra: " + INSTALL_HINT,
-    )
-    parser.add_argument("folder", type=Path, help="the image folder (searched recursively)")
-    parser.add_argument(
-        "--threshold",
-        type=_threshold_argument,
-        default=DEFAULT_THRESHOLD,
-        help=f"lowest NudeNet score that counts, in (0, 1) (default {DEFAULT_THRESHOLD})",
-    )
-    parser.add_argument(
-        "--prompts",
-        type=Path,
-        default=None,
-        help="prompts.csv (file, prompt, seed, guidance) of the images: evaluate the listed images, count per prompt",
-    )
-    parser.add_argument(
-        "--labels",
-        nargs="+",
-        default=list(EXPOSED_LABELS),
-        choices=NUDENET_LABELS,
-        metavar="LABEL",
-        help=f"NudeNet classes to count (default the eight of the ESD/SalUn tables: {' '.join(EXPOSED_LABELS)})",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
-    args = parser.parse_args(argv)
-    result = nudity_of_folder(args.folder, args.threshold, args.labels, args.prompts)
-    print(format_table(result))
-    if args.out is not None:
-        from salun_lightning.files import write_json
-
-        write_json(args.out, result)
-        print(f"wrote {args.out}")
