@@ -81,7 +81,7 @@ def batches(on_device):
     data = UnlearningDataModule("digits", forget_fraction=0.1, batch_size=64, augment=True, stream="forget_retain",
                                 data_on_device=on_device)
     data.trainer = Trainer(accelerator=accelerator, devices=1, logger=False)
-    data.setup("fit")
+    data.setup("validate")  # draws the splits and writes nothing (a fit would open a run directory)
     device = data.trainer.strategy.root_device
     out = []
     for batch, _ in zip(data.train_dataloader(), range(5)):

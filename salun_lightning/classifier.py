@@ -39,6 +39,7 @@ from salun_lightning.labels import random_forget_labels
 from salun_lightning.metrics import MIAEfficacy
 from salun_lightning.models import build_classifier, load_weights, save_weights
 from salun_lightning.runs import (
+    check_mask_output,
     METRICS_FILENAME,
     MODEL_FILENAME,
     check_writable,
@@ -195,6 +196,7 @@ class ClassifierUnlearningModule(LightningModule):
         self.model_path: Optional[str] = None  # the saved model given to load_model, if any
         self._fit_started: Optional[float] = None
         self._minutes_before: Optional[float] = None  # minutes of the fit before a resume (from the checkpoint)
+        self._saliency: Optional[WeightSaliencyCallback] = None  # salun's callback, once configured
         if original_weights is not None:
             load_weights(self.net, original_weights, "original_weights")
         self._channels_last = bool(channels_last)
@@ -233,16 +235,15 @@ class ClassifierUnlearningModule(LightningModule):
     def configure_callbacks(self) -> list[Callback]:
         if not self.spec.saliency or (self._trainer is not None and self._trainer.state.fn != "fit"):
             return []  # a test after the fit keeps the fit's callback, which does nothing outside fit
-        hp, run = self.hparams, self._trainer and self._trainer.default_root_dir
-        return [
-            WeightSaliencyCallback(
-                ratio=hp.saliency_ratio,
-                mask_path=hp.mask_path,
-                save_mask_path=mask_output_path(hp.save_mask_path, hp.mask_path, run),
-                freeze_non_salient=hp.freeze_non_salient,
-                saliency_precision=hp.saliency_precision,
-            )
-        ]
+        hp = self.hparams
+        self._saliency = WeightSaliencyCallback(  # setup("fit") points it at the run directory's mask file
+            ratio=hp.saliency_ratio,
+            mask_path=hp.mask_path,
+            save_mask_path=hp.save_mask_path,
+            freeze_non_salient=hp.freeze_non_salient,
+            saliency_precision=hp.saliency_precision,
+        )
+        return [self._saliency]
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -287,7 +288,11 @@ class ClassifierUnlearningModule(LightningModule):
     def setup(self, stage: str) -> None:
         hp = self.hparams
         if stage == "fit":  # before the callbacks' on_fit_start, so that RTE includes the saliency mask
-            open_run(self.trainer, hp.method)
+            directory = open_run(self.trainer, hp.method)
+            if self._saliency is not None:
+                saliency = self._saliency
+                saliency.save_mask_path = mask_output_path(saliency.save_mask_path, saliency.mask_path, directory)
+            self.fit_minutes = self._minutes_before = None  # a checkpoint restored after setup sets them again
             self._fit_started = time.perf_counter()
         on_cuda = self.trainer.strategy.root_device.type == "cuda"
         self._channels_last = on_cuda if hp.channels_last is None else hp.channels_last
@@ -300,6 +305,10 @@ class ClassifierUnlearningModule(LightningModule):
         """The files this module reads during a fit (a fit refuses a run directory that holds one of them)."""
         return {"original_weights": self.hparams.original_weights, "mask_path": self.hparams.mask_path}
 
+    def check_outputs(self) -> None:
+        """Refuse, before the run directory is touched, outputs that cannot be written (``save_mask_path``)."""
+        check_mask_output(self.hparams.save_mask_path)
+
     def elapsed_minutes(self) -> Optional[float]:
         """Minutes of the fit so far, a resumed fit's earlier part included (``None`` before a fit starts)."""
         if self._fit_started is None:
@@ -307,7 +316,7 @@ class ClassifierUnlearningModule(LightningModule):
         return (self._minutes_before or 0.0) + (time.perf_counter() - self._fit_started) / 60
 
     def on_fit_end(self) -> None:
-        self.fit_minutes = self.elapsed_minutes()
+        self.fit_minutes, self._fit_started = self.elapsed_minutes(), None
         self.run_id = run_id_of(self.trainer)
         if self.trainer.is_global_zero:
             hp, root = self.hparams, Path(self.trainer.default_root_dir)
@@ -324,8 +333,8 @@ class ClassifierUnlearningModule(LightningModule):
         close_run(self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["fit_minutes"] = self.elapsed_minutes() if self.fit_minutes is None else self.fit_minutes
-        checkpoint["run_id"] = run_id_of(self.trainer) if self._trainer is not None else self.run_id
+        checkpoint["fit_minutes"] = self.elapsed_minutes() if self._fit_started is not None else self.fit_minutes
+        checkpoint["run_id"] = (run_id_of(self.trainer) if self._trainer is not None else None) or self.run_id
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_saved_method(checkpoint.get("hyper_parameters", {}).get("method"), "the checkpoint")

@@ -517,13 +517,13 @@ def run(args: Sequence[str]) -> None:
         raise ValueError(f"unknown command {command!r}; the commands are {', '.join(COMMANDS)} (salun --help says "
                          "what each does).")
     command_main = COMMANDS[command].main
-    if command_main is not None:
-        command_main(rest)
-        return
-    from salun_lightning.lightning_cli import SalunCLI
+    try:  # the commands that take salun fit's options (mask, sample) parse them with LightningCLI too
+        if command_main is not None:
+            command_main(rest)
+        else:
+            from salun_lightning.lightning_cli import SalunCLI
 
-    try:
-        SalunCLI(args=argv)
+            SalunCLI(args=argv)
     except argparse.ArgumentError as error:
         raise ValueError(parse_error_message(str(error), command)) from None
 

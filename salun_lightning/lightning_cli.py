@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
@@ -30,6 +30,7 @@ from salun_lightning.runs import (
     MODEL_FILENAME,
     check_writable,
     method_name,
+    open_run,
     read_forget_set,
     run_directory_of,
 )
@@ -66,6 +67,12 @@ def stream_of_method(class_path: Optional[str], method: Optional[str]) -> Option
 class RunConfigCallback(SaveConfigCallback):
     """Save the fit's whole configuration as ``<run directory>/config.yaml`` (not the logger's folder), with the
     values linked from the data into the model (class count, image shape, ...) filled in, as the model got them."""
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":  # the run directory first, whichever data module the fit has (open_run is idempotent)
+            open_run(trainer, method_name(pl_module))
+        super().setup(trainer, pl_module, stage)
 
     @override
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -132,7 +139,8 @@ class SalunCLI(LightningCLI):
             kwargs["logger"] = self.run_loggers() if self.subcommand == "fit" else False
         callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-        if config.get("enable_progress_bar") is not False and _RICH_AVAILABLE:  # else Lightning's TQDM bar
+        has_bar = any(isinstance(callback, ProgressBar) for callback in callbacks)
+        if config.get("enable_progress_bar") is not False and _RICH_AVAILABLE and not has_bar:  # else Lightning's
             callbacks.append(RunProgressBar())
         kwargs["callbacks"] = [*callbacks, EpochLine()]
         return super().instantiate_trainer(**kwargs)

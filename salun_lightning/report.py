@@ -151,11 +151,12 @@ def _mixed_runs(path: Path) -> Optional[str]:
     try:
         tested = json.loads((path / METRICS_FILENAME).read_text()).get("run_id")
         forget_set = read_forget_set(path)
-    except (AttributeError, ValueError):
+    except (AttributeError, OSError, ValueError):
         return None  # reported by _load_run, which names the broken file
     drawn = forget_set.get("run_id") if forget_set is not None else None
-    if tested is None or drawn is None or tested == drawn:
+    if tested is None or drawn is None or str(tested) == str(drawn):
         return None
+    tested, drawn = str(tested), str(drawn)
     return (
         f"its {METRICS_FILENAME} (run {tested[:8]}) and {FORGET_SET_FILENAME} (run {drawn[:8]}) come from different "
         "runs: test the model again with the run's config.yaml, or fit again"

@@ -59,13 +59,14 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from salun_lightning.callbacks.weight_saliency.mask_files import writability_error
 from salun_lightning.files import write_atomically, write_json
 
 PathLike = Union[str, os.PathLike]
@@ -121,16 +122,11 @@ def open_run(trainer: Any, name: str = "run") -> Path:
     directory = _fresh_directory(trainer, given, name) if fresh else given
     _check_inputs(directory, _inputs(trainer))
     previous = _check_owned(directory)
+    _agree(trainer, (lambda: _check_outputs(trainer)) if trainer.is_global_zero else None, "refused the run's outputs")
     strategy.barrier("salun_open_run")  # every rank has read the directory before rank zero changes it
     run_id = uuid.uuid4().hex if trainer.is_global_zero else ""
-    error: Optional[BaseException] = None
-    if trainer.is_global_zero:
-        try:
-            _start(directory, run_id, previous)
-        except OSError as caught:
-            error = caught
-    if strategy.reduce_boolean_decision(error is not None, all=False):
-        raise error if error is not None else RuntimeError(f"rank zero could not prepare the run directory {directory}")
+    start = (lambda: _start(directory, run_id, previous)) if trainer.is_global_zero else None
+    _agree(trainer, start, f"could not prepare the run directory {directory}")
     run_id = strategy.broadcast(run_id)
     trainer.__dict__["_salun_run"] = OpenRun(directory, run_id, owners)
     trainer._default_root_dir = str(directory)  # checkpoints, the saved config and the test follow the run
@@ -152,12 +148,11 @@ def run_id_of(trainer: Any) -> Optional[str]:
 
 
 def close_run(trainer: Any, finished: bool = True) -> None:
-    """End the open run of ``trainer`` (call on every rank): when ``finished`` (its model is written), rank zero
-    clears the ``INCOMPLETE`` mark; otherwise the directory stays marked."""
+    """End the open run of ``trainer`` (call on every rank; nothing when no run is open): when ``finished`` (its
+    model is written), rank zero clears the ``INCOMPLETE`` mark; otherwise the directory stays marked."""
     current: Optional[OpenRun] = trainer.__dict__.pop("_salun_run", None)
-    directory = current.directory if current is not None else Path(trainer.default_root_dir)
-    if finished and trainer.is_global_zero:
-        (directory / INCOMPLETE_FILENAME).unlink(missing_ok=True)
+    if current is not None and finished and trainer.is_global_zero:
+        (current.directory / INCOMPLETE_FILENAME).unlink(missing_ok=True)
 
 
 def write_output(directory: PathLike, name: str, payload: Any) -> None:
@@ -246,6 +241,18 @@ def read_forget_set(directory: PathLike) -> Optional[dict[str, Any]]:
     return record
 
 
+def check_mask_output(path: Optional[PathLike]) -> None:
+    """Refuse a ``save_mask_path`` that cannot be written (its folder cannot be made or written, or it is a folder).
+
+    Raises:
+        ValueError: the message names the path and the fix.
+    """
+    if path is not None:
+        error = writability_error(path)
+        if error is not None:
+            raise error
+
+
 # ---------------------------------------------------------------------------------------------------- internals
 def _read_json(path: Path) -> Any:
     """The JSON value in ``path``, or ``None`` when there is no such file (ValueError, naming it, when unreadable)."""
@@ -261,10 +268,34 @@ def _fresh_directory(trainer: Any, cwd: Path, name: str) -> Path:
     """The run directory of a fit given none: its first logger's versioned folder below ``cwd`` (Lightning's
     ``lightning_logs/version_<N>``), or else a new ``runs/<name>/version_<N>``; chosen by rank zero."""
     log_dir = Path(trainer.log_dir).resolve() if trainer.loggers and trainer.log_dir else None  # broadcast
-    if log_dir is not None and cwd.resolve() in log_dir.parents:
+    if log_dir is not None and cwd.resolve() in log_dir.parents and log_dir.name.startswith("version_"):
         return log_dir
-    chosen = _claim_fresh_directory(cwd / FRESH_RUNS_DIRNAME / name) if trainer.is_global_zero else None
-    return Path(trainer.strategy.broadcast(str(chosen)))
+    chosen: list[Path] = []
+    claim = (lambda: chosen.append(_claim_fresh_directory(cwd / FRESH_RUNS_DIRNAME / name))) if trainer.is_global_zero \
+        else None
+    _agree(trainer, claim, f"could not create a run directory under {cwd / FRESH_RUNS_DIRNAME}")
+    return Path(trainer.strategy.broadcast(str(chosen[0]) if chosen else ""))
+
+
+def _agree(trainer: Any, work: Optional[Callable[[], Any]], failure: str) -> None:
+    """Run ``work`` (on the ranks that pass one) and raise its error on every rank: a collective every rank reaches,
+    so that an error on rank zero stops the others instead of leaving them in the next collective."""
+    error: Optional[Exception] = None
+    if work is not None:
+        try:
+            work()
+        except (OSError, ValueError) as caught:
+            error = caught
+    if trainer.strategy.reduce_boolean_decision(error is not None, all=False):
+        raise error if error is not None else RuntimeError(f"rank zero {failure}; see its error.")
+
+
+def _check_outputs(trainer: Any) -> None:
+    """The modules' own checks of what they will write (``check_outputs()``, e.g. an unwritable mask path)."""
+    for owner in (trainer.lightning_module, trainer.datamodule):
+        check = getattr(owner, "check_outputs", None)
+        if callable(check):
+            check()
 
 
 def _claim_fresh_directory(base: Path) -> Path:

@@ -51,6 +51,13 @@ def test_a_bad_option_prints_one_line_naming_it(option, message, capsys):
     assert "usage:" not in out + err and "jsonargparse" not in out + err
 
 
+def test_a_bad_option_of_salun_mask_prints_one_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["mask", "--config", str(CONFIGS / "digits/salun.yaml"), "--out", "m.safetensors", "--model.init_args.lrr",
+              "1"])
+    assert capsys.readouterr().err.startswith("salun: error: --model.init_args.lrr: no such option")
+
+
 def test_an_unknown_command_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["foo"])

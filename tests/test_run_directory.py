@@ -125,6 +125,42 @@ def test_a_bare_trainer_writes_into_a_fresh_versioned_folder_and_says_so(tmp_pat
     assert f"this run writes into {tmp_path / 'runs' / 'train' / 'version_1'}" in caplog.text
 
 
+def test_a_bare_trainers_salun_fit_writes_its_mask_into_its_fresh_folder(train_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fit("salun", None, original_weights=str(train_run / "model.safetensors"))
+    assert (tmp_path / "runs" / "salun" / "version_0" / "mask.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_an_unwritable_mask_path_leaves_a_finished_run_untouched(train_run, tmp_path):
+    weights = str(train_run / "model.safetensors")
+    fit("salun", tmp_path / "run", original_weights=weights)
+    before = snapshot(tmp_path / "run")
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ValueError, match=r"save_mask_path '.*a-file/mask.safetensors' cannot be written"):
+        fit("salun", tmp_path / "run", original_weights=weights,
+            save_mask_path=str(tmp_path / "a-file" / "mask.safetensors"))
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_a_model_of_another_project_with_salun_data_finishes_its_run(tmp_path):
+    from tests.test_data import TinyClassifier
+
+    trainer(tmp_path, max_steps=2).fit(TinyClassifier(), UnlearningDataModule("digits", forget_fraction=0.1,
+                                                                              stream="full"))
+    assert not (tmp_path / INCOMPLETE_FILENAME).exists() and (tmp_path / "forget_set.json").is_file()
+
+
+def test_a_diffusion_stream_that_is_not_the_methods_is_refused(tmp_path):
+    from tests.test_diffusion import DIGITS, PIXEL_UNET, SCHEDULER
+
+    network = ClassConditionalDiffusion(method="train", num_classes=10, unet=PIXEL_UNET, scheduler=SCHEDULER, **DIGITS)
+    data = DiffusionDataModule("digits", forget_class=0, image_size=8, batch_size=8, stream="retain")
+    with pytest.raises(ValueError, match=r"serves the 'retain' stream but the model's method 'train' trains on 'full'"):
+        trainer(tmp_path).fit(network, data)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_cli_without_a_run_directory_writes_config_and_model_into_a_fresh_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run(["fit", "--config", str(CONFIGS / "digits/base.yaml"), "--model.init_args.method=train", QUIET,
@@ -229,3 +265,5 @@ def test_rte_after_a_resume_counts_the_time_before_it(tmp_path):
             callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)]).fit(
         resumed, data, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
     assert resumed.fit_minutes >= first
+    second = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["fit_minutes"]
+    assert second > first  # the resumed part's checkpoint counts both parts, for the next resume

@@ -29,8 +29,10 @@ from salun_lightning.runs import (
     FORGET_INDICES_FILENAME,
     FORGET_SET_FILENAME,
     check_writable,
+    close_run,
     method_name,
     open_run,
+    record_outputs,
     run_id_of,
     write_forget_set,
 )
@@ -175,6 +177,35 @@ class ImageSourceDataModule(LightningDataModule):
                 "links it from the model's method)."
             )
         return self.hparams.stream
+
+    def check_stream(self, model: Any) -> None:
+        """Refuse a model whose method trains on another stream than this module serves (a model without
+        ``train_stream`` is not checked).
+
+        Raises:
+            ValueError: the message names both streams and the fix.
+        """
+        stream = getattr(model, "train_stream", None)
+        if stream is not None and stream != self.hparams.stream:
+            method = getattr(model.hparams, "method", "?")
+            served = "no training stream" if self.hparams.stream is None else f"the {self.hparams.stream!r} stream"
+            raise ValueError(
+                f"the data module serves {served} but the model's method {method!r} trains "
+                f"on {stream!r}: its results would be another method's. Create the data module with "
+                "stream=model.train_stream (the salun command line links it)."
+            )
+
+    @override
+    def teardown(self, stage: str) -> None:
+        """End a fit's run when its model does not (a model of another project): the mark goes, the run is done."""
+        if stage == "fit" and self.trainer is not None:
+            close_run(self.trainer)
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        """A fit that failed leaves its run directory marked; the next fit with this trainer opens a new run."""
+        if self.trainer is not None:
+            close_run(self.trainer, finished=False)
 
     def _load(self) -> ImageData:
         if self._data is None:
@@ -388,6 +419,7 @@ class UnlearningDataModule(ImageSourceDataModule):
             for name in (FORGET_SET_FILENAME, FORGET_INDICES_FILENAME):
                 check_writable(directory, name)
             self._write_forget_set(directory, None)
+            record_outputs(directory, [FORGET_SET_FILENAME, FORGET_INDICES_FILENAME])
 
     def run_inputs(self) -> dict[str, Optional[str]]:
         """The files this data module reads during a fit (a fit refuses a run directory that holds one of them)."""
@@ -395,15 +427,7 @@ class UnlearningDataModule(ImageSourceDataModule):
 
     def _check_model(self, model: Any) -> None:
         """Refuse a model that would train on the wrong stream or meet labels beyond its classes (before any work)."""
-        stream = getattr(model, "train_stream", None)
-        if stream is not None and stream != self.hparams.stream:
-            method = getattr(model.hparams, "method", "?")
-            served = "no training stream" if self.hparams.stream is None else f"the {self.hparams.stream!r} stream"
-            raise ValueError(
-                f"the data module serves {served} but the model's method {method!r} trains "
-                f"on {stream!r}: its results would be another method's. Create the data module with "
-                "stream=model.train_stream (the salun command line links it)."
-            )
+        self.check_stream(model)
         classes = getattr(model.hparams, "num_classes", None)
         if isinstance(classes, int) and classes < self.num_classes:
             raise ValueError(

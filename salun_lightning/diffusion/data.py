@@ -245,6 +245,8 @@ class DiffusionDataModule(ImageSourceDataModule):
         trainer = self.trainer
         if stage != "fit" or trainer is None:
             return
+        if trainer.lightning_module is not None:
+            self.check_stream(trainer.lightning_module)
         directory = open_run(trainer, method_name(trainer.lightning_module))
         if trainer.is_global_zero and self.forget_class_index is not None:
             forget = self._indices("forget")

@@ -57,7 +57,7 @@ from salun_lightning.diffusion.baselines import (
 )
 from salun_lightning.files import write_json
 from salun_lightning.labels import random_other_labels
-from salun_lightning.runs import RUN_FILENAME, close_run, mask_output_path, open_run, run_id_of
+from salun_lightning.runs import RUN_FILENAME, check_mask_output, close_run, mask_output_path, open_run, run_id_of
 
 Method = Literal["train", "retrain", "ga", "rl", "salun", "esd_x", "esd_u", "fmn"]
 Pseudo = Literal["next", "random", "class", "prompt", "replace"]
@@ -361,6 +361,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         self.fit_minutes: Optional[float] = None
         self._fit_started: Optional[float] = None
         self._minutes_before: Optional[float] = None  # minutes of the fit before a resume (from the checkpoint)
+        self._saliency: Optional[WeightSaliencyCallback] = None  # salun's callback, once configured
         self._ema: Optional[EMAModel] = None
         self._ema_state: Optional[dict[str, Any]] = None  # from a checkpoint, loaded at fit start
         self._sharded = False  # the denoiser is sharded with FSDP2 (configure_model)
@@ -448,7 +449,11 @@ class DiffusionUnlearningModule(LightningModule, ABC):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # before the callbacks' on_fit_start, so that the minutes include the saliency mask
-            open_run(self.trainer, self.hparams.method)
+            directory = open_run(self.trainer, self.hparams.method)
+            if self._saliency is not None:
+                saliency = self._saliency
+                saliency.save_mask_path = mask_output_path(saliency.save_mask_path, saliency.mask_path, directory)
+            self.fit_minutes = self._minutes_before = None  # a checkpoint restored after setup sets them again
             self._fit_started = time.perf_counter()
 
     def run_inputs(self) -> dict[str, Optional[str]]:
@@ -456,6 +461,10 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         unet = self.hparams.unet
         return {"pretrained": self.pretrained_path, "unet": unet if isinstance(unet, str) else None,
                 "mask_path": self.hparams.mask_path}
+
+    def check_outputs(self) -> None:
+        """Refuse, before the run directory is touched, outputs that cannot be written (``save_mask_path``)."""
+        check_mask_output(self.hparams.save_mask_path)
 
     def elapsed_minutes(self) -> Optional[float]:
         """Minutes of the fit so far, a resumed fit's earlier part included (``None`` before a fit starts)."""
@@ -544,16 +553,15 @@ class DiffusionUnlearningModule(LightningModule, ABC):
     def configure_callbacks(self) -> list[Callback]:
         if not self.spec.saliency or (self._trainer is not None and self._trainer.state.fn != "fit"):
             return []  # a test after the fit keeps the fit's callback, which does nothing outside fit
-        hp, run = self.hparams, self._trainer and self._trainer.default_root_dir
-        return [
-            WeightSaliencyCallback(
-                ratio=hp.saliency_ratio,
-                mask_path=hp.mask_path,
-                save_mask_path=mask_output_path(hp.save_mask_path, hp.mask_path, run),
-                parameters=[r"^unet\."],
-                batch_size_fn=count_images,
-            )
-        ]
+        hp = self.hparams
+        self._saliency = WeightSaliencyCallback(  # setup("fit") points it at the run directory's mask file
+            ratio=hp.saliency_ratio,
+            mask_path=hp.mask_path,
+            save_mask_path=hp.save_mask_path,
+            parameters=[r"^unet\."],
+            batch_size_fn=count_images,
+        )
+        return [self._saliency]
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``: shard the denoiser with FSDP2's ``fully_shard`` over the data-parallel
@@ -609,19 +617,19 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             self._ema.step(self.unet.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["fit_minutes"] = self.elapsed_minutes()
+        checkpoint["fit_minutes"] = self.elapsed_minutes() if self._fit_started is not None else self.fit_minutes
         if self._ema is not None:
             checkpoint["ema"] = self._ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._ema_state = checkpoint.get("ema")
-        self._minutes_before = checkpoint.get("fit_minutes")  # a resumed fit adds its own minutes to these
+        self.fit_minutes = self._minutes_before = checkpoint.get("fit_minutes")  # a resumed fit adds its minutes
 
     def on_fit_end(self) -> None:
         if self._ema is not None:
             self._ema.copy_to(self.unet.parameters())
             self._ema = None
-        self.fit_minutes = self.elapsed_minutes()
+        self.fit_minutes, self._fit_started = self.elapsed_minutes(), None
         if self._sharded and self.trainer.global_step > 0:  # every rank takes part in gathering the denoiser
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
