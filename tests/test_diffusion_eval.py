@@ -416,7 +416,13 @@ def test_evaluate_generations_and_write_metrics(judge, tmp_path, monkeypatch):
     path = write_metrics(tmp_path / "run", {"method": "salun", "seed": 0, **metrics})
     assert path == tmp_path / "run" / "metrics.json"
     assert json.loads(path.read_text()) == {"method": "salun", "seed": 0, **metrics}
-    assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temporary file left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["manifest.json", "metrics.json"]  # no temporary file
+    (path.parent / "run.json").write_text(json.dumps({"method": "salun", "run_id": "r1"}))  # a fit's record
+    assert json.loads(write_metrics(path.parent, {"UA": 1.0}).read_text()) == {"UA": 1.0, "run_id": "r1"}
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="which no salun run wrote there"):
+        write_metrics(tmp_path / "mine", {"UA": 1.0})
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +38,6 @@ from torch.nn import functional as F
 
 from salun_lightning.data import normalize
 from salun_lightning.data.sources import KNOWN_DATASETS
-from salun_lightning.files import write_json
 from salun_lightning.metrics.generation import (
     check_class_range,
     fid_score,
@@ -46,7 +46,7 @@ from salun_lightning.metrics.generation import (
     unlearning_accuracy,
 )
 from salun_lightning.models import build_classifier, load_weights
-from salun_lightning.runs import METRICS_FILENAME
+from salun_lightning.runs import METRICS_FILENAME, RUN_FILENAME, write_output
 
 __all__ = ["Judge", "JudgeFeatures", "evaluate_generations", "write_metrics"]
 
@@ -353,7 +353,9 @@ def evaluate_generations(
 
 
 def write_metrics(run_dir: PathLike, metrics: dict[str, Any]) -> Path:
-    """Write ``metrics`` to ``<run_dir>/metrics.json`` atomically and return the path.
+    """Write ``metrics`` to ``<run_dir>/metrics.json`` atomically and return the path; with the ``run_id`` of the
+    run's ``run.json`` when it has one (``salun report`` checks it against the forget set's), and never over a
+    ``metrics.json`` that no run wrote.
 
     Example::
 
@@ -362,6 +364,8 @@ def write_metrics(run_dir: PathLike, metrics: dict[str, Any]) -> Path:
         >>> path.name, json.loads(path.read_text())
         ('metrics.json', {'method': 'salun', 'seed': 0, 'UA': 97.5})
     """
-    path = Path(run_dir) / METRICS_FILENAME
-    write_json(path, metrics)
-    return path
+    run_dir = Path(run_dir)
+    run_record = run_dir / RUN_FILENAME
+    run_id = json.loads(run_record.read_text()).get("run_id") if run_record.is_file() else None
+    write_output(run_dir, METRICS_FILENAME, {**metrics, "run_id": run_id} if run_id else metrics)
+    return run_dir / METRICS_FILENAME
