@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -39,13 +38,13 @@ from salun_lightning.labels import random_forget_labels
 from salun_lightning.metrics import MIAEfficacy
 from salun_lightning.models import build_classifier, load_weights, save_weights
 from salun_lightning.runs import (
-    check_mask_output,
     METRICS_FILENAME,
     MODEL_FILENAME,
+    FitClock,
+    check_mask_output,
     check_writable,
     close_run,
-    mask_output_path,
-    open_run,
+    open_fit,
     run_directory_of,
     run_id_of,
     write_output,
@@ -191,11 +190,9 @@ class ClassifierUnlearningModule(LightningModule):
         self.spec = spec
         self.num_classes = num_classes
         self.net = build_classifier(model, num_classes, in_channels)
-        self.fit_minutes: Optional[float] = None
+        self.clock = FitClock()  # RTE: the minutes of the fit, across resumes (fit_minutes)
         self.run_id: Optional[str] = None  # the run that made the weights (manifest.json), once known
         self.model_path: Optional[str] = None  # the saved model given to load_model, if any
-        self._fit_started: Optional[float] = None
-        self._minutes_before: Optional[float] = None  # minutes of the fit before a resume (from the checkpoint)
         self._saliency: Optional[WeightSaliencyCallback] = None  # salun's callback, once configured
         if original_weights is not None:
             load_weights(self.net, original_weights, "original_weights")
@@ -205,6 +202,11 @@ class ClassifierUnlearningModule(LightningModule):
             {name: MulticlassAccuracy(num_classes, average="micro") for name in TEST_SPLITS}
         )
         self.mia = MIAEfficacy(seed=mia_seed)
+
+    @property
+    def fit_minutes(self) -> Optional[float]:
+        """RTE: the minutes of the last fit (a resumed one's earlier part included), or of the model loaded."""
+        return self.clock.minutes
 
     @property
     def train_stream(self) -> str:
@@ -223,7 +225,7 @@ class ClassifierUnlearningModule(LightningModule):
         metadata = load_weights(self.net, path, "the model to test")
         self._check_saved_method(metadata.get("method"), repr(path))
         minutes = metadata.get("fit_minutes")
-        self.fit_minutes = float(minutes) if minutes not in (None, "None") else None
+        self.clock.restore(float(minutes) if minutes not in (None, "None") else None)
         self.run_id = metadata.get("run_id") if metadata.get("run_id") not in (None, "None") else None
         self.model_path = path
 
@@ -288,12 +290,7 @@ class ClassifierUnlearningModule(LightningModule):
     def setup(self, stage: str) -> None:
         hp = self.hparams
         if stage == "fit":  # before the callbacks' on_fit_start, so that RTE includes the saliency mask
-            directory = open_run(self.trainer, hp.method)
-            if self._saliency is not None:
-                saliency = self._saliency
-                saliency.save_mask_path = mask_output_path(saliency.save_mask_path, saliency.mask_path, directory)
-            self.fit_minutes = self._minutes_before = None  # a checkpoint restored after setup sets them again
-            self._fit_started = time.perf_counter()
+            open_fit(self.trainer, self.hparams.method, self._saliency, self.clock)
         on_cuda = self.trainer.strategy.root_device.type == "cuda"
         self._channels_last = on_cuda if hp.channels_last is None else hp.channels_last
         if self._channels_last:
@@ -309,14 +306,8 @@ class ClassifierUnlearningModule(LightningModule):
         """Refuse, before the run directory is touched, outputs that cannot be written (``save_mask_path``)."""
         check_mask_output(self.hparams.save_mask_path)
 
-    def elapsed_minutes(self) -> Optional[float]:
-        """Minutes of the fit so far, a resumed fit's earlier part included (``None`` before a fit starts)."""
-        if self._fit_started is None:
-            return self._minutes_before
-        return (self._minutes_before or 0.0) + (time.perf_counter() - self._fit_started) / 60
-
     def on_fit_end(self) -> None:
-        self.fit_minutes, self._fit_started = self.elapsed_minutes(), None
+        self.clock.stop()
         self.run_id = run_id_of(self.trainer)
         if self.trainer.is_global_zero:
             hp, root = self.hparams, Path(self.trainer.default_root_dir)
@@ -333,13 +324,12 @@ class ClassifierUnlearningModule(LightningModule):
         close_run(self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["fit_minutes"] = self.elapsed_minutes() if self._fit_started is not None else self.fit_minutes
+        checkpoint["fit_minutes"] = self.clock.checkpoint_minutes()
         checkpoint["run_id"] = (run_id_of(self.trainer) if self._trainer is not None else None) or self.run_id
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_saved_method(checkpoint.get("hyper_parameters", {}).get("method"), "the checkpoint")
-        self.fit_minutes = checkpoint.get("fit_minutes")
-        self._minutes_before = self.fit_minutes  # a resumed fit adds its own minutes to these (RTE)
+        self.clock.restore(checkpoint.get("fit_minutes"))  # a resumed fit adds its own minutes to these (RTE)
         self.run_id = checkpoint.get("run_id")
 
     def _check_saved_method(self, saved: Optional[str], source: str) -> None:

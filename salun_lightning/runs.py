@@ -253,6 +253,60 @@ def check_mask_output(path: Optional[PathLike]) -> None:
             raise error
 
 
+class FitClock:
+    """The minutes of a fit (RTE), across resumes: a checkpoint stores :meth:`checkpoint_minutes`, and a resumed fit
+    adds its own minutes to those :meth:`restore` gives back.
+
+        >>> clock = FitClock()
+        >>> clock.restore(2.5)  # a checkpoint saved after 2.5 minutes
+        >>> clock.minutes, clock.checkpoint_minutes()
+        (2.5, 2.5)
+        >>> clock.start(); clock.minutes is None  # setup("fit"): before a checkpoint is restored
+        True
+        >>> clock.restore(2.5); clock.stop() >= 2.5  # the resumed fit's end: both parts
+        True
+    """
+
+    def __init__(self) -> None:
+        self.minutes: Optional[float] = None  # of the last finished fit, or of the checkpoint or model loaded
+        self._before: Optional[float] = None
+        self._started: Optional[float] = None
+
+    def start(self) -> None:
+        """A fit starts (``setup("fit")``): forget earlier minutes until a checkpoint restores them."""
+        self.minutes = self._before = None
+        self._started = time.perf_counter()
+
+    def restore(self, minutes: Optional[float]) -> None:
+        """The minutes a checkpoint or a saved model recorded."""
+        self.minutes = self._before = minutes
+
+    def elapsed(self) -> Optional[float]:
+        """Minutes of the fit so far, the part before a resume included (``None`` when none ran or was restored)."""
+        if self._started is None:
+            return self._before
+        return (self._before or 0.0) + (time.perf_counter() - self._started) / 60
+
+    def stop(self) -> Optional[float]:
+        """The fit ends: its minutes, kept as :attr:`minutes`."""
+        self.minutes, self._started = self.elapsed(), None
+        return self.minutes
+
+    def checkpoint_minutes(self) -> Optional[float]:
+        """What a checkpoint stores: the minutes so far during a fit, else the last fit's."""
+        return self.elapsed() if self._started is not None else self.minutes
+
+
+def open_fit(trainer: Any, name: str, saliency: Any, clock: FitClock) -> Path:
+    """What a LightningModule's ``setup("fit")`` does: :func:`open_run`, point its saliency callback (if any) at
+    the run's ``mask.safetensors`` unless it loads or writes another, and start the RTE clock."""
+    directory = open_run(trainer, name)
+    if saliency is not None:
+        saliency.save_mask_path = mask_output_path(saliency.save_mask_path, saliency.mask_path, directory)
+    clock.start()
+    return directory
+
+
 # ---------------------------------------------------------------------------------------------------- internals
 def _read_json(path: Path) -> Any:
     """The JSON value in ``path``, or ``None`` when there is no such file (ValueError, naming it, when unreadable)."""

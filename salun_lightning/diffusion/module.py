@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +56,7 @@ from salun_lightning.diffusion.baselines import (
 )
 from salun_lightning.files import write_json
 from salun_lightning.labels import random_other_labels
-from salun_lightning.runs import RUN_FILENAME, check_mask_output, close_run, mask_output_path, open_run, run_id_of
+from salun_lightning.runs import RUN_FILENAME, FitClock, check_mask_output, close_run, open_fit, run_id_of
 
 Method = Literal["train", "retrain", "ga", "rl", "salun", "esd_x", "esd_u", "fmn"]
 Pseudo = Literal["next", "random", "class", "prompt", "replace"]
@@ -358,9 +357,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         self.num_classes: Optional[int] = len(self.class_names) if self.class_names is not None else None
         self.forget_class_index: Optional[int] = None
         self.pseudo_class_index: Optional[int] = None
-        self.fit_minutes: Optional[float] = None
-        self._fit_started: Optional[float] = None
-        self._minutes_before: Optional[float] = None  # minutes of the fit before a resume (from the checkpoint)
+        self.clock = FitClock()  # RTE: the minutes of the fit, across resumes (fit_minutes)
         self._saliency: Optional[WeightSaliencyCallback] = None  # salun's callback, once configured
         self._ema: Optional[EMAModel] = None
         self._ema_state: Optional[dict[str, Any]] = None  # from a checkpoint, loaded at fit start
@@ -409,6 +406,11 @@ class DiffusionUnlearningModule(LightningModule, ABC):
 
     # ------------------------------------------------------------------------------------------------ data
     @property
+    def fit_minutes(self) -> Optional[float]:
+        """RTE: the minutes of the last fit (a resumed one's earlier part included), or of the model loaded."""
+        return self.clock.minutes
+
+    @property
     def train_stream(self) -> str:
         """The training stream the datamodule should serve for this method."""
         return self.spec.stream
@@ -449,12 +451,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # before the callbacks' on_fit_start, so that the minutes include the saliency mask
-            directory = open_run(self.trainer, self.hparams.method)
-            if self._saliency is not None:
-                saliency = self._saliency
-                saliency.save_mask_path = mask_output_path(saliency.save_mask_path, saliency.mask_path, directory)
-            self.fit_minutes = self._minutes_before = None  # a checkpoint restored after setup sets them again
-            self._fit_started = time.perf_counter()
+            open_fit(self.trainer, self.hparams.method, self._saliency, self.clock)
 
     def run_inputs(self) -> dict[str, Optional[str]]:
         """The files this module reads during a fit (a fit refuses a run directory that holds one of them)."""
@@ -465,12 +462,6 @@ class DiffusionUnlearningModule(LightningModule, ABC):
     def check_outputs(self) -> None:
         """Refuse, before the run directory is touched, outputs that cannot be written (``save_mask_path``)."""
         check_mask_output(self.hparams.save_mask_path)
-
-    def elapsed_minutes(self) -> Optional[float]:
-        """Minutes of the fit so far, a resumed fit's earlier part included (``None`` before a fit starts)."""
-        if self._fit_started is None:
-            return self._minutes_before
-        return (self._minutes_before or 0.0) + (time.perf_counter() - self._fit_started) / 60
 
     # ------------------------------------------------------------------------------------------------ losses
     def _noised(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -617,19 +608,19 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             self._ema.step(self.unet.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["fit_minutes"] = self.elapsed_minutes() if self._fit_started is not None else self.fit_minutes
+        checkpoint["fit_minutes"] = self.clock.checkpoint_minutes()
         if self._ema is not None:
             checkpoint["ema"] = self._ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._ema_state = checkpoint.get("ema")
-        self.fit_minutes = self._minutes_before = checkpoint.get("fit_minutes")  # a resumed fit adds its minutes
+        self.clock.restore(checkpoint.get("fit_minutes"))  # a resumed fit adds its own minutes to these (RTE)
 
     def on_fit_end(self) -> None:
         if self._ema is not None:
             self._ema.copy_to(self.unet.parameters())
             self._ema = None
-        self.fit_minutes, self._fit_started = self.elapsed_minutes(), None
+        self.clock.stop()
         if self._sharded and self.trainer.global_step > 0:  # every rank takes part in gathering the denoiser
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
