@@ -533,3 +533,26 @@ def test_data_on_device_gives_the_host_batches_under_the_seed(tmp_path):
     assert torch.equal(unaugmented["index"], host[0]["index"]) and not torch.equal(unaugmented["image"], host[0]["image"])
     with pytest.raises(ValueError, match="data_on_device keeps the data set on the accelerator: set num_workers=0"):
         digits(tmp_path, data_on_device=True, num_workers=2)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_the_sequential_stream_batches_each_block_on_its_own(tmp_path, replicas):
+    """As the reference code's sequential schedule (a loader over D_f, then one over D_r): no batch holds forget and
+    retain samples, each block ends with its own short batch, and an epoch has ceil(F/B) + ceil(R/B) steps per rank."""
+    data = digits(tmp_path, forget_fraction=0.1, batch_size=64, stream="forget_retain")
+    data.setup("validate")
+    forget, retain = len(data.split.forget), len(data.split.retain)
+    assert forget % 64 and retain % 64  # both blocks end with a short batch (144 and 1,293 samples)
+    for rank in range(replicas):
+        sampler = ShuffledBlocksSampler([forget, retain], seed=0, num_replicas=replicas, rank=rank, batch_size=64)
+        loader = DataLoader(data._train_dataset(torch.cat([data.split.forget, data.split.retain])), batch_size=64,
+                            sampler=sampler, collate_fn=lambda batch: batch)
+        batches = [batch["is_forget"] for batch in loader]
+        assert all(flags.all() or not flags.any() for flags in batches)  # one block per batch
+        share_f, share_r = -(-forget // replicas), -(-retain // replicas)
+        assert len(loader) == len(batches) == -(-share_f // 64) + -(-share_r // 64)
+        sizes = [len(flags) for flags in batches]
+        boundary = -(-share_f // 64)
+        assert sizes[boundary - 1] == share_f - 64 * (boundary - 1)  # D_f's short last batch
+        assert sizes[-1] == share_r - 64 * (len(sizes) - boundary - 1)  # D_r's
+        assert sum(sizes) == share_f + share_r

@@ -68,6 +68,7 @@ class IndexedImageDataset(Dataset):
 
     def __getitems__(self, positions: Sequence[int]) -> dict[str, Tensor]:
         positions = torch.as_tensor(positions, dtype=torch.int64)
+        positions = positions[positions != PAD]  # a block's short last batch (ShuffledBlocksSampler)
         indices = self.indices[positions]
         is_forget = self.is_forget[positions]
         return {"image": self.images[indices], "label": self.labels[indices], "index": indices, "is_forget": is_forget}
@@ -93,6 +94,9 @@ class CollateSplit:
         return {**batch, "split": self.split}
 
 
+PAD = -1  # a position ShuffledBlocksSampler yields to end a block's last batch early; the dataset drops it
+
+
 class ShuffledBlocksSampler(DistributedSampler):
     """Yield consecutive blocks of positions once per epoch, block after block, each block shuffled; DDP-aware.
 
@@ -100,25 +104,45 @@ class ShuffledBlocksSampler(DistributedSampler):
     forget set first, then the whole retain set. The permutations depend only on ``seed`` and the epoch given to
     ``set_epoch`` (Lightning calls it every epoch; without it every epoch has the same order).
 
+    With ``batch_size``, every block's part is padded with :data:`PAD` positions up to a multiple of ``batch_size``
+    (which :class:`IndexedImageDataset` drops), so that a batch never spans two blocks: each block ends with its own
+    short last batch, as separate loaders over D_f and D_r would give (``ceil(|D_f| / B) + ceil(|D_r| / B)`` steps an
+    epoch, the reference code's sequential schedule).
+
     Under data parallelism every block is sharded on its own: rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of
     the block's permutation, which is first padded to a multiple of ``W`` by repeating its start (as
-    ``DistributedSampler`` pads), so every rank sees its share of D_f before its share of D_r and all ranks have the
-    same length. Being a ``DistributedSampler``, it is left in place by Lightning (which would otherwise wrap it in a
-    sampler that reshuffles the positions).
+    ``DistributedSampler`` pads), so every rank sees its share of D_f before its share of D_r, in batches of its own
+    block, and all ranks have the same length. Being a ``DistributedSampler``, it is left in place by Lightning
+    (which would otherwise wrap it in a sampler that reshuffles the positions).
 
     Args:
         block_sizes: the size of every block, in streaming order.
         seed: the seed of the permutations.
         num_replicas: the number of processes sharing the stream.
         rank: this process's rank in ``0..num_replicas-1``.
+        batch_size: the loader's batch size, to end every block's part with a short batch (``None``: no padding).
+
+    Example::
+
+        >>> sampler = ShuffledBlocksSampler([3, 5], seed=0, batch_size=2)
+        >>> order = list(sampler)
+        >>> len(sampler), [p if p == PAD else ("f" if p < 3 else "r") for p in order]
+        (10, ['f', 'f', 'f', -1, 'r', 'r', 'r', 'r', 'r', -1])
     """
 
-    def __init__(self, block_sizes: Sequence[int], seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, block_sizes: Sequence[int], seed: int, num_replicas: int = 1, rank: int = 0,
+                 batch_size: Optional[int] = None) -> None:
         super().__init__(range(sum(block_sizes)), num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
         self.block_sizes = list(block_sizes)
+        self.batch_size = batch_size
+
+    def _part(self, size: int) -> int:
+        """The positions (padding included) this rank yields for a block of ``size``."""
+        share = math.ceil(size / self.num_replicas)
+        return share if self.batch_size is None else math.ceil(share / self.batch_size) * self.batch_size
 
     def __len__(self) -> int:
-        return sum(math.ceil(size / self.num_replicas) for size in self.block_sizes)
+        return sum(self._part(size) for size in self.block_sizes)
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % (1 << 63))
@@ -128,7 +152,8 @@ class ShuffledBlocksSampler(DistributedSampler):
             padded_size = math.ceil(size / self.num_replicas) * self.num_replicas
             if padded_size > size:
                 permutation = permutation.repeat(math.ceil(padded_size / size))[:padded_size]
-            order.append(permutation[self.rank :: self.num_replicas])
+            share = permutation[self.rank :: self.num_replicas]
+            order += [share, torch.full((self._part(size) - len(share),), PAD, dtype=share.dtype)]
             start += size
         return iter(torch.cat(order).tolist())
 
@@ -235,9 +260,9 @@ class UnlearningDataModule(ImageSourceDataModule):
     Training streams (``stream``: the model's ``train_stream``, which the ``salun`` command line links):
     ``"full"`` all non-held-out samples (original model), ``"retain"`` D_r (retrain, ft, l1_sparse), ``"forget"`` D_f
     (ga), ``"forget_retain"`` both (rl, salun) with ``schedule="sequential"`` (each epoch: all of D_f shuffled, then all
-    of D_r shuffled; one batch at the boundary may hold both) or ``"interleaved"`` (the union shuffled). Under data
-    parallelism the training sampler (:class:`ShuffledBlocksSampler`) shards every block itself, so each rank streams
-    its share of D_f before its share of D_r. ``val_size=0`` gives an empty validation list (Lightning then skips
+    of D_r shuffled, each in its own batches: a short last batch ends D_f) or ``"interleaved"`` (the union
+    shuffled). Under data parallelism the training sampler (:class:`ShuffledBlocksSampler`) shards every block
+    itself, so each rank streams its share of D_f before its share of D_r, again in batches of one block each. ``val_size=0`` gives an empty validation list (Lightning then skips
     validation, with a warning that the list is empty).
 
     Test loaders, in the order of ``test_split_names``: ``["forget", "retain", "test"]``; for class-wise forgetting
@@ -500,7 +525,8 @@ class UnlearningDataModule(ImageSourceDataModule):
         indices = torch.cat(blocks)
         shards = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
         sampler = ShuffledBlocksSampler(
-            [len(block) for block in blocks], self.hparams.seed, shards.get("num_replicas", 1), shards.get("rank", 0)
+            [len(block) for block in blocks], self.hparams.seed, shards.get("num_replicas", 1), shards.get("rank", 0),
+            batch_size=self.hparams.batch_size,
         )
         collate = collate_augmented_batch if self.augment else collate_batch
         return self._loader(self._train_dataset(indices), self.hparams.batch_size, sampler, collate)
