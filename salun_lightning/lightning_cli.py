@@ -28,14 +28,12 @@ from salun_lightning.runs import (
     FRESH_RUNS_DIRNAME,
     LOGS_DIRNAME,
     MODEL_FILENAME,
-    check_writable,
     method_name,
     open_run,
     read_forget_set,
     run_directory_of,
 )
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 FIT_ONLY_KEYS = ("ckpt_path", "weights_only")  # arguments of Trainer.fit that a saved config leaves out
 
 # What the model needs to know about the data: (data attribute, model argument, conversion). A link whose model
@@ -76,8 +74,7 @@ class RunConfigCallback(SaveConfigCallback):
 
     @override
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        directory = Path(trainer.default_root_dir)  # the run's, once the data module's setup has opened it
-        check_writable(directory, CONFIG_FILENAME)
+        directory = Path(trainer.default_root_dir)  # the run's: setup opened it (and owns its config.yaml)
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for key in FIT_ONLY_KEYS:  # how this fit started, not what the run is (test, sample and mask refuse them)
             config.pop(key, None)
@@ -128,7 +125,7 @@ class SalunCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_callback=RunConfigCallback,
             save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
-            parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in LIGHTNING_COMMANDS}},
+            parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in self.subcommands()}},
             args=args,
             run=run,
         )

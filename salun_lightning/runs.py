@@ -143,7 +143,7 @@ def method_name(model: Any) -> str:
 
 def run_id_of(trainer: Any) -> Optional[str]:
     """The ``run_id`` of ``trainer``'s open run (``None`` when no fit opened one)."""
-    current: Optional[OpenRun] = getattr(trainer, "__dict__", {}).get("_salun_run")
+    current: Optional[OpenRun] = trainer.__dict__.get("_salun_run")
     return current.run_id if current is not None else None
 
 
@@ -176,6 +176,17 @@ def check_writable(directory: PathLike, name: str) -> None:
     directory = Path(directory)
     if (directory / name).exists() and name not in _owned_names(read_manifest(directory)):
         raise ValueError(_foreign_message(directory, [name]))
+
+
+def record_outputs(directory: PathLike, names: Iterable[str]) -> None:
+    """Add ``names`` to the outputs the manifest of ``directory`` lists (e.g. a test writing beside a model file
+    that no fit made there), creating the manifest if need be; nothing is written when it lists them already."""
+    directory = Path(directory)
+    manifest = read_manifest(directory) or {"format": MANIFEST_FORMAT, "run_id": None, "outputs": []}
+    outputs = list(manifest.get("outputs", []))
+    added = [name for name in names if name not in outputs]
+    if added:
+        write_json(directory / MANIFEST_FILENAME, {**manifest, "outputs": outputs + added})
 
 
 def read_manifest(directory: PathLike) -> Optional[dict[str, Any]]:
@@ -438,14 +449,4 @@ def _start(directory: Path, run_id: str, previous: Iterable[str]) -> None:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "outputs": list(RUN_OUTPUTS),
     }
-    write_json(directory / MANIFEST_FILENAME, manifest)
-
-
-def record_outputs(directory: PathLike, names: Iterable[str]) -> None:
-    """Add ``names`` to the outputs the manifest of ``directory`` lists (e.g. a test writing beside a model file
-    that no fit made there), creating the manifest if need be."""
-    directory = Path(directory)
-    manifest = read_manifest(directory) or {"format": MANIFEST_FORMAT, "run_id": None, "outputs": []}
-    outputs = list(manifest.get("outputs", []))
-    manifest["outputs"] = outputs + [name for name in names if name not in outputs]
     write_json(directory / MANIFEST_FILENAME, manifest)
