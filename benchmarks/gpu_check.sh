@@ -101,7 +101,7 @@ if [[ $TINY == 1 ]]; then
   wanted throughput && step throughput 120 "$PY" benchmarks/throughput.py --tiny --rounds 1 --workers 0 \
     --accelerator cpu --out "$RUNS_DIR/throughput"
   wanted protocol && step protocol 240 "$PY" benchmarks/paper_protocol.py --tiny --parallel --budget 200 \
-    --out "$RUNS_DIR/protocol"
+    --methods salun rl --out "$RUNS_DIR/protocol"  # two methods are enough to check the script
 else
   wanted selection && step selection 90 "$PY" benchmarks/sd_unet_salun.py --size sd --batch 8 --repeats 3
   wanted sd_concept && step sd_concept 200 "$PY" benchmarks/sd_concept_step.py --size sd --batch 4 --steps 2 \
