@@ -20,7 +20,7 @@
 #   6. protocol: benchmarks/paper_protocol.py (the paper's CIFAR-10 protocol, random 10%) with --parallel and what
 #      is left of BUDGET as its budget: a 2-epoch calibration chooses the epochs scale (at most PROTOCOL_SCALE,
 #      default 1.0), then its table beside the paper's and the original's and retrain's validation accuracy per
-#      epoch.
+#      epoch (--tiny: the digits, salun and rl only).
 # A second call on a warm machine can run some steps again: STEPS="selection sd_concept" bash benchmarks/gpu_check.sh
 # The runs are written under RUNS_DIR (default <OUT>/runs with --tiny, else /tmp/gpu_check_runs, outside the folder
 # the device tool sends back); their small files (metrics, per-epoch CSV logs, logs, report) come back as
