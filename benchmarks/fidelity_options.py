@@ -39,7 +39,7 @@ from salun_lightning.metrics.functional import average_gap
 VARIANTS: dict[str, list[str]] = {
     "defaults": [],
     "augment_forget_loader": ["--data.init_args.augment_forget_loader=true"],
-    "random_labels any": ["--model.init_args.random_labels=any"],
+    "random_labels any": ["--model.init_args.method_args.random_labels=any"],
     "freeze_non_salient false": ["--model.init_args.freeze_non_salient=false"],
     "saliency pass in bf16": [],  # + the bf16 mask (see main)
 }

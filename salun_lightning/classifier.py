@@ -1,4 +1,5 @@
-"""One LightningModule for every classifier unlearning method: the method picks the loss and the data stream.
+"""One LightningModule for every classifier unlearning method: the method (:mod:`salun_lightning.methods`) picks
+the data stream and the loss or update; the module does the rest.
 
 Data flow one way: the data module's class count and image channels are constructor arguments of the model, and
 the model's method names the training stream the data module must serve (``train_stream``); the ``salun`` command
@@ -22,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -30,11 +30,10 @@ import torch
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from salun_lightning.callbacks import WeightSaliencyCallback
-from salun_lightning.labels import random_forget_labels
+from salun_lightning.methods import METHODS, build_method
 from salun_lightning.metrics import MIAEfficacy
 from salun_lightning.models import build_classifier, load_weights, save_weights
 from salun_lightning.runs import (
@@ -50,41 +49,27 @@ from salun_lightning.runs import (
     write_output,
 )
 
-Method = Literal["train", "retrain", "ft", "ga", "rl", "l1_sparse", "salun"]
+Method = Literal[
+    "train", "retrain", "ft", "ga", "rl", "l1_sparse", "salun", "iu", "bs", "be", "salun_soft", "neggrad_plus", "scrub",
+    "ssd",
+]  # the names of salun_lightning.methods.METHODS (a test keeps them equal), spelled out for the CLI's help
 MODEL_FORMAT = "salun-lightning/classifier"
 TEST_SPLITS = ("forget", "retain", "test", "test_forgotten_class")
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a method trains on and how: the only things that vary between methods."""
-
-    stream: str  # the UnlearningDataModule training stream
-    from_original: bool  # starts from the original model's weights (else from fresh weights)
-    forget_loss: Literal["none", "ascent", "random_labels"]  # what happens to forget samples in the stream
-    l1: bool = False
-    saliency: bool = False
-
-
-METHODS: dict[str, MethodSpec] = {
-    "train": MethodSpec("full", from_original=False, forget_loss="none"),
-    "retrain": MethodSpec("retain", from_original=False, forget_loss="none"),
-    "ft": MethodSpec("retain", from_original=True, forget_loss="none"),
-    "ga": MethodSpec("forget", from_original=True, forget_loss="ascent"),
-    "rl": MethodSpec("forget_retain", from_original=True, forget_loss="random_labels"),
-    "l1_sparse": MethodSpec("retain", from_original=True, forget_loss="none", l1=True),
-    "salun": MethodSpec("forget_retain", from_original=True, forget_loss="random_labels", saliency=True),
-}
 
 
 class ClassifierUnlearningModule(LightningModule):
     """Train an image classifier, or unlearn part of its training data with one of the methods of docs/method.md,
     'Classifier unlearning'.
 
-    Methods: ``train`` (the original model, all training data), ``retrain`` (from scratch on D_r: exact
-    unlearning), ``ft`` (fine-tune on D_r), ``ga`` (gradient ascent on D_f), ``rl`` (random labels on D_f plus
-    D_r), ``l1_sparse`` (``ft`` plus an L1 penalty whose weight decays linearly to 0) and ``salun`` (``rl`` under the
-    WeightSaliencyCallback, added by :meth:`configure_callbacks`). Batches are the dicts of
+    Methods (:mod:`salun_lightning.methods`, one file each): ``train`` (the original model, all training data),
+    ``retrain`` (from scratch on D_r: exact unlearning), ``ft`` (fine-tune on D_r), ``ga`` (gradient ascent on D_f),
+    ``rl`` (random labels on D_f plus D_r), ``l1_sparse`` (``ft`` plus a decaying L1 penalty), ``salun`` (``rl``
+    under the saliency mask), ``iu`` (the official influence-unlearning step), ``bs`` (boundary shrink), ``be``
+    (boundary expanding), ``salun_soft`` (soft-thresholded ``rl``), ``neggrad_plus``, ``scrub`` and ``ssd``
+    (selective synaptic dampening). Each method's own hyper-parameters come in ``method_args``. Any method that
+    changes weights by gradients or by an additive update takes the saliency mask (``saliency_ratio`` or
+    ``mask_path``: a :class:`~salun_lightning.callbacks.WeightSaliencyCallback` added by :meth:`configure_callbacks`;
+    ``salun`` has it by default); the others refuse it and say why. Batches are the dicts of
     :class:`~salun_lightning.data.UnlearningDataModule` (``image``, ``label``, ``is_forget``; test batches also
     ``split``), whose ``stream`` must be this module's :attr:`train_stream`.
 
@@ -109,17 +94,17 @@ class ClassifierUnlearningModule(LightningModule):
         weight_decay: weight decay.
         lr_milestones: epochs at which the learning rate is multiplied by ``lr_gamma`` (empty: constant).
         lr_gamma: the factor at each milestone.
-        l1_alpha: the L1 weight at the first step of ``l1_sparse`` (decays linearly to 0).
-        saliency_ratio: ``salun``: the fraction of weights to train.
-        freeze_non_salient: ``salun``: restore non-salient weights after every step so they never move (exact; the
+        method_args: the method's own hyper-parameters by name (e.g. ``{"l1_alpha": 5e-4}`` for ``l1_sparse``,
+            ``{"random_labels": "any"}`` for ``rl`` and ``salun``; docs/method.md lists them); defaults where absent.
+        saliency_ratio: the fraction of weights to train under the saliency mask: default 0.5 for ``salun``, no mask
+            for the other methods.
+        freeze_non_salient: with a mask: restore non-salient weights after every step so they never move (exact; the
             reference code since February 2026), or only mask their gradients (the code that produced the paper's
             tables, where weight decay and momentum still shrink them).
-        saliency_precision: ``salun``: ``float32`` saliency pass whatever the Trainer's precision (the reference
+        saliency_precision: with a mask: ``float32`` saliency pass whatever the Trainer's precision (the reference
             code), or ``trainer`` (see :class:`~salun_lightning.callbacks.WeightSaliencyCallback`).
-        random_labels: ``rl`` and ``salun``: the forget samples' labels: a random ``other`` class (the paper's
-            equation), or ``any`` class, the true one included one time in C (the reference code).
-        mask_path: ``salun``: load the mask from this file (``salun mask`` writes one) instead of computing it.
-        save_mask_path: ``salun``: write the computed mask here (default: the run's ``mask.safetensors``).
+        mask_path: load the mask from this file (``salun mask`` writes one) instead of computing it.
+        save_mask_path: write the computed mask here (default: the run's ``mask.safetensors``).
         mia_seed: seed of the MIA-Efficacy shadow-set subsampling.
         channels_last: use the channels-last memory format (faster convolutions on GPUs); default: on CUDA only.
         compile_backend: compile the network's forward with ``torch.compile(backend=...)`` (``inductor`` on GPUs);
@@ -127,11 +112,11 @@ class ClassifierUnlearningModule(LightningModule):
 
     Raises:
         ValueError: an unknown method, missing or superfluous ``original_weights``, no ``num_classes`` or
-            ``in_channels``, or invalid hyper-parameters.
+            ``in_channels``, invalid hyper-parameters, or a mask for a method that cannot take one.
         FileNotFoundError: ``original_weights`` does not exist.
     """
 
-    methods = METHODS  # method name -> MethodSpec (its training stream, loss, ...)
+    methods = METHODS  # method name -> its class (its training stream, loss or update, hyper-parameters)
 
     def __init__(
         self,
@@ -146,11 +131,10 @@ class ClassifierUnlearningModule(LightningModule):
         weight_decay: float = 5e-4,
         lr_milestones: Optional[list[int]] = None,
         lr_gamma: float = 0.1,
-        l1_alpha: float = 5e-4,
-        saliency_ratio: float = 0.5,
+        method_args: Optional[dict[str, Any]] = None,
+        saliency_ratio: Optional[float] = None,
         freeze_non_salient: bool = True,
         saliency_precision: Literal["float32", "trainer"] = "float32",
-        random_labels: Literal["other", "any"] = "other",
         mask_path: Optional[str] = None,
         save_mask_path: Optional[str] = None,
         mia_seed: int = 0,
@@ -158,24 +142,26 @@ class ClassifierUnlearningModule(LightningModule):
         compile_backend: Optional[str] = None,
     ) -> None:
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
-        spec = METHODS[method]
-        if spec.from_original and original_weights is None:
+        unit = build_method(method, method_args)  # refuses an unknown method and bad hyper-parameters
+        if unit.from_original and original_weights is None:
             raise ValueError(
                 f"method {method!r} unlearns from the original model: pass original_weights=<checkpoint or "
                 "safetensors file> (a 'train' run writes model.safetensors into its run directory)."
             )
-        if not spec.from_original and original_weights is not None:
+        if not unit.from_original and original_weights is not None:
             raise ValueError(f"method {method!r} trains from fresh weights: remove original_weights.")
-        if lr <= 0 or weight_decay < 0 or l1_alpha < 0 or not 0 <= momentum < 1:
-            raise ValueError("lr must be positive, weight_decay and l1_alpha non-negative, momentum in [0, 1).")
-        if not 0 < saliency_ratio <= 1:
+        if lr <= 0 or weight_decay < 0 or not 0 <= momentum < 1:
+            raise ValueError("lr must be positive, weight_decay non-negative, momentum in [0, 1).")
+        masked = saliency_ratio is not None or mask_path is not None or save_mask_path is not None
+        if masked and unit.mask_refusal is not None:
+            raise ValueError(f"method {method!r} cannot take a saliency mask: {unit.mask_refusal}. Remove "
+                             "saliency_ratio, mask_path and save_mask_path.")
+        if saliency_ratio is not None and not 0 < saliency_ratio <= 1:
             raise ValueError(f"saliency_ratio must be in (0, 1], got {saliency_ratio}.")
-        if random_labels not in ("other", "any"):
-            raise ValueError(f"random_labels must be 'other' or 'any', got {random_labels!r}.")
-        if (mask_path or save_mask_path) and not spec.saliency:
-            raise ValueError(f"mask_path and save_mask_path belong to method 'salun', not {method!r}.")
+        ratio = saliency_ratio if saliency_ratio is not None else unit.default_saliency_ratio
+        if ratio is None and masked:
+            raise ValueError(f"method {method!r} has no saliency mask by default: with mask_path or save_mask_path, "
+                             "set saliency_ratio too (the fraction of weights to train; a loaded mask's own ratio).")
         if compile_backend is not None and compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
             raise ValueError(
                 f"unknown compile_backend {compile_backend!r}; choose one of "
@@ -187,7 +173,8 @@ class ClassifierUnlearningModule(LightningModule):
                 "command line links them from the data module, e.g. UnlearningDataModule.num_classes)."
             )
         self.save_hyperparameters()
-        self.spec = spec
+        self.method = unit
+        self.saliency_ratio = ratio  # None: no saliency mask
         self.num_classes = num_classes
         self.net = build_classifier(model, num_classes, in_channels)
         self.clock = FitClock()  # RTE: the minutes of the fit, across resumes (fit_minutes)
@@ -196,10 +183,11 @@ class ClassifierUnlearningModule(LightningModule):
         self._saliency: Optional[WeightSaliencyCallback] = None  # salun's callback, once configured
         if original_weights is not None:
             load_weights(self.net, original_weights, "original_weights")
+        self.net = unit.prepare(self.net)  # be widens its head; scrub and bs copy their frozen model
         self._channels_last = bool(channels_last)
         self.__dict__["_compiled"] = None  # torch.compile(self.net) once set up; kept out of the submodules
         self.test_accuracy = nn.ModuleDict(
-            {name: MulticlassAccuracy(num_classes, average="micro") for name in TEST_SPLITS}
+            {name: MulticlassAccuracy(unit.output_classes(num_classes), average="micro") for name in TEST_SPLITS}
         )
         self.mia = MIAEfficacy(seed=mia_seed)
 
@@ -211,7 +199,18 @@ class ClassifierUnlearningModule(LightningModule):
     @property
     def train_stream(self) -> str:
         """The training stream the data module must serve for this module's method."""
-        return self.spec.stream
+        return self.method.stream
+
+    @property
+    def uses_channels_last(self) -> bool:
+        """Whether the network runs in the channels-last memory format."""
+        return self._channels_last
+
+    def saliency_mask(self) -> Optional[dict[str, Tensor]]:
+        """The saliency mask by parameter name of :attr:`net` (``True``: trained), or ``None`` without a mask."""
+        if self._saliency is None or not self._saliency.mask:
+            return None
+        return {name.removeprefix("net."): mask for name, mask in self._saliency.mask.items()}
 
     # ------------------------------------------------------------------------------------------------ model
     def load_model(self, path: str) -> None:
@@ -222,6 +221,7 @@ class ClassifierUnlearningModule(LightningModule):
             FileNotFoundError, ValueError: no such file, an unreadable one, one that does not fit the network, or
                 one saved by another method (the message names both).
         """
+        self.net = self.method.tested_network(self.net)  # be with prune: the saved head has no shadow row
         metadata = load_weights(self.net, path, "the model to test")
         self._check_saved_method(metadata.get("method"), repr(path))
         minutes = metadata.get("fit_minutes")
@@ -230,16 +230,20 @@ class ClassifierUnlearningModule(LightningModule):
         self.model_path = path
 
     def forward(self, images: Tensor) -> Tensor:
+        return self.forward_with(self.net if self._compiled is None else self._compiled, images)
+
+    def forward_with(self, net: nn.Module, images: Tensor) -> Tensor:
+        """``net(images)`` in this module's memory format (for a method's frozen copies)."""
         if self._channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return (self.net if self._compiled is None else self._compiled)(images)
+        return net(images)
 
     def configure_callbacks(self) -> list[Callback]:
-        if not self.spec.saliency or (self._trainer is not None and self._trainer.state.fn != "fit"):
+        if self.saliency_ratio is None or (self._trainer is not None and self._trainer.state.fn != "fit"):
             return []  # a test after the fit keeps the fit's callback, which does nothing outside fit
         hp = self.hparams
         self._saliency = WeightSaliencyCallback(  # setup("fit") points it at the run directory's mask file
-            ratio=hp.saliency_ratio,
+            ratio=self.saliency_ratio,
             mask_path=hp.mask_path,
             save_mask_path=hp.save_mask_path,
             freeze_non_salient=hp.freeze_non_salient,
@@ -259,28 +263,30 @@ class ClassifierUnlearningModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ------------------------------------------------------------------------------------------------ training
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits = self(batch["image"])
-        labels, is_forget = batch["label"], batch["is_forget"]
-        if self.spec.forget_loss == "random_labels":
-            drawn = random_forget_labels(labels, logits.shape[1], exclude_true=self.hparams.random_labels == "other")
-            labels = torch.where(is_forget, drawn, labels)
-        loss = F.cross_entropy(logits, labels)
-        if self.spec.forget_loss == "ascent":
-            loss = -loss
-        self.log("train/loss", loss, prog_bar=True)
-        accuracy = (logits.detach().argmax(1) == batch["label"]).float().mean() * 100  # against the true labels
-        self.log("train/accuracy", accuracy, prog_bar=True)
-        if self.spec.l1:
-            weight = self.hparams.l1_alpha * (1 - self.global_step / max(1, self.trainer.estimated_stepping_batches))
-            loss = loss + weight * sum(p.abs().sum() for p in self.net.parameters())
-            self.log("train/l1_weight", weight)
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[Tensor]:
+        loss = self.method.training_loss(self, batch)
+        if loss is not None:
+            self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def log_accuracy(self, logits: Tensor, labels: Tensor) -> None:
+        """Log a training batch's accuracy against its true labels (``train/accuracy``)."""
+        accuracy = (logits.detach().argmax(1) == labels).float().mean() * 100
+        self.log("train/accuracy", accuracy, prog_bar=True, batch_size=len(labels))
+
+    def on_train_epoch_start(self) -> None:
+        self.method.on_train_epoch_start(self)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.method.after_optimizer_step(self)
+
+    def on_fit_start(self) -> None:  # after the callbacks' on_fit_start: the saliency mask exists
+        self.method.on_fit_start(self)
 
     def saliency_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """The loss the saliency mask ranks weights by: cross-entropy with the true labels (docs/method.md, 'The
         weight saliency mask')."""
-        return F.cross_entropy(self(batch["image"]), batch["label"])
+        return nn.functional.cross_entropy(self(batch["image"]), batch["label"])
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         logits = self(batch["image"])
@@ -303,10 +309,13 @@ class ClassifierUnlearningModule(LightningModule):
         return {"original_weights": self.hparams.original_weights, "mask_path": self.hparams.mask_path}
 
     def check_outputs(self) -> None:
-        """Refuse, before the run directory is touched, outputs that cannot be written (``save_mask_path``)."""
+        """Refuse, before the run directory is touched, outputs that cannot be written (``save_mask_path``) and a
+        fit the method cannot do (e.g. ``scrub`` with fewer epochs than ``msteps``)."""
         check_mask_output(self.hparams.save_mask_path)
+        self.method.check_fit(self.trainer)
 
     def on_fit_end(self) -> None:
+        self.net = self.method.tested_network(self.net)  # be with prune drops its shadow row
         self.clock.stop()
         self.run_id = run_id_of(self.trainer)
         if self.trainer.is_global_zero:

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import salun_lightning.classifier as classifier
 from salun_lightning import ClassifierUnlearningModule, UnlearningDataModule
 from salun_lightning.callbacks import WeightSaliencyCallback, load_mask
 from salun_lightning.labels import random_other_labels
@@ -178,7 +177,7 @@ def test_rl_trains_on_labels_that_differ_from_the_true_ones(original, tmp_path, 
     batches = []
     original_step = model.training_step
     model.training_step = lambda batch, batch_idx: (batches.append({k: v.clone() for k, v in batch.items()}), original_step(batch, batch_idx))[1]
-    monkeypatch.setattr(classifier.F, "cross_entropy", spy)
+    monkeypatch.setattr(F, "cross_entropy", spy)  # every method's loss
     make_trainer(tmp_path, limit_train_batches=4).fit(model, make_data(model))
     assert len(seen) == len(batches) == 4
     forget_seen = retain_seen = 0
@@ -243,7 +242,7 @@ def test_retrain_starts_fresh_and_never_sees_forget_samples(original, tmp_path):
 
 
 def test_l1_sparse_adds_a_decaying_penalty(original, tmp_path):
-    model = make_model("l1_sparse", original_weights=str(original), l1_alpha=1e-3)
+    model = make_model("l1_sparse", original_weights=str(original), method_args={"l1_alpha": 1e-3})
     weights = []
     model.log = lambda name, value, **kwargs: weights.append(value) if name == "train/l1_weight" else None
     make_trainer(tmp_path, max_epochs=2).fit(model, make_data(model))
@@ -276,7 +275,7 @@ def test_weights_mismatch_names_the_keys(original):
         (dict(method="salun"), "unlearns from the original model: pass original_weights"),
         (dict(method="retrain", original_weights="x.safetensors"), "trains from fresh weights: remove original_weights"),
         (dict(method="forget"), "unknown method 'forget'; choose one of train, retrain, ft, ga, rl, l1_sparse, salun"),
-        (dict(method="ft", original_weights="x", save_mask_path="m"), "belong to method 'salun', not 'ft'"),
+        (dict(method="ssd", original_weights="x", save_mask_path="m"), "method 'ssd' cannot take a saliency mask: its"),
         (dict(method="salun", original_weights="x", saliency_ratio=1.5), r"saliency_ratio must be in \(0, 1\]"),
         (dict(method="train", lr=-1.0), "lr must be positive"),
         (dict(method="train", num_classes=None), "num_classes and in_channels are required"),
@@ -323,7 +322,7 @@ def test_random_labels_exclude_the_true_class_unless_asked(original, tmp_path, m
         drawn.append(labels.clone())
         return real_cross_entropy(logits, labels, *args, **kwargs)
 
-    model = make_model("rl", original_weights=str(original), random_labels=random_labels)
+    model = make_model("rl", original_weights=str(original), method_args={"random_labels": random_labels})
     original_step = model.training_step
 
     def recording_step(batch, batch_idx):
@@ -331,7 +330,7 @@ def test_random_labels_exclude_the_true_class_unless_asked(original, tmp_path, m
         return original_step(batch, batch_idx)
 
     model.training_step = recording_step
-    monkeypatch.setattr(classifier.F, "cross_entropy", spy)
+    monkeypatch.setattr(F, "cross_entropy", spy)  # every method's loss
     make_trainer(tmp_path, max_epochs=3).fit(model, make_data(model, forget_fraction=0.3))
     kept = torch.cat([d[f] == true[f] for d, (true, f) in zip(drawn, forget_labels)])
     assert len(kept) > 1000

@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional, Union
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from typing_extensions import override
@@ -37,7 +38,7 @@ from salun_lightning.runs import (
     write_forget_set,
 )
 
-STREAMS = ("full", "retain", "forget", "forget_retain")
+STREAMS = ("full", "retain", "forget", "forget_retain", "paired", "none")
 SCHEDULES = ("sequential", "interleaved")
 FORGET_SETS = ("random", "class", "indices")
 
@@ -261,7 +262,8 @@ class UnlearningDataModule(ImageSourceDataModule):
     ``"full"`` all non-held-out samples (original model), ``"retain"`` D_r (retrain, ft, l1_sparse), ``"forget"`` D_f
     (ga), ``"forget_retain"`` both (rl, salun) with ``schedule="sequential"`` (each epoch: all of D_f shuffled, then all
     of D_r shuffled, each in its own batches: a short last batch ends D_f) or ``"interleaved"`` (the union
-    shuffled). Under data parallelism the training sampler (:class:`ShuffledBlocksSampler`) shards every block
+    shuffled), ``"paired"`` (neggrad_plus: batches ``{"retain": ..., "forget": ...}``, an epoch of D_r with D_f
+    cycled beside it, each shuffled) and ``"none"`` (one-shot methods: an empty loader, so the fit makes no step). Under data parallelism the training sampler (:class:`ShuffledBlocksSampler`) shards every block
     itself, so each rank streams its share of D_f before its share of D_r, again in batches of one block each. ``val_size=0`` gives an empty validation list (Lightning then skips
     validation, with a warning that the list is empty).
 
@@ -486,7 +488,10 @@ class UnlearningDataModule(ImageSourceDataModule):
 
     @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Make ``"image"`` normalised float32 on its device; crop and flip first when ``batch["augment"]``."""
+        """Make ``"image"`` normalised float32 on its device; crop and flip first when ``batch["augment"]``. A
+        ``paired`` batch (``{"retain": batch, "forget": batch}``) has each of its batches made so."""
+        if isinstance(batch, dict) and set(batch) == {"retain", "forget"}:
+            return {name: self.on_after_batch_transfer(part, dataloader_idx) for name, part in batch.items()}
         if not isinstance(batch, dict) or "image" not in batch:
             return batch
         batch = dict(batch)
@@ -508,10 +513,15 @@ class UnlearningDataModule(ImageSourceDataModule):
 
     # ---------------------------------------------------------------------------------------------- loaders
     @override
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> Union[DataLoader, CombinedLoader]:
         """The training stream selected by ``stream``, shuffled."""
         stream = self.resolve_stream()
         split = self._split()
+        if stream == "paired":
+            loaders = {name: self._shuffled_loader([getattr(split, name)]) for name in ("retain", "forget")}
+            return CombinedLoader(loaders, mode="max_size_cycle")
+        if stream == "none":
+            return self._loader(self._train_dataset(split.forget[:0]), self.hparams.batch_size)
         if stream == "full":
             blocks = [torch.cat([split.forget, split.retain]).sort().values]
         elif stream == "retain":
@@ -522,6 +532,10 @@ class UnlearningDataModule(ImageSourceDataModule):
             blocks = [split.forget, split.retain]
         else:
             blocks = [torch.cat([split.forget, split.retain])]
+        return self._shuffled_loader(blocks)
+
+    def _shuffled_loader(self, blocks: list[Tensor]) -> DataLoader:
+        """A training loader streaming ``blocks`` one after the other, each shuffled and in batches of its own."""
         indices = torch.cat(blocks)
         shards = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
         sampler = ShuffledBlocksSampler(
