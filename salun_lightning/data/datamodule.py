@@ -273,11 +273,15 @@ class UnlearningDataModule(ImageSourceDataModule):
 
     Args:
         dataset: ``"digits"`` (scikit-learn's embedded 8x8 digits), ``"cifar10"``, ``"cifar100"``, ``"svhn"``
-            (torchvision's files) or ``"image_folder"`` (a folder or archive with ``train/<class>/`` and
-            ``test/<class>/``; see :mod:`salun_lightning.data.sources`).
+            (torchvision's files), ``"tinyimagenet"`` (the ``tiny-imagenet-200`` folder; its ``val/`` split is the
+            test set) or ``"image_folder"`` (a folder or archive with ``train/<class>/`` and ``test/<class>/``); see
+            :mod:`salun_lightning.data.sources`.
         data_path: for torchvision sets the folder holding their files (default ``<cache_dir>/torchvision``); for
-            ``image_folder`` the folder or ``.tar``/``.tar.gz``/``.tgz``/``.zip`` archive (required). Unused by digits.
-        cache_dir: where decoded image folders are cached (default ``$SALUN_CACHE`` or ``~/.cache/salun_lightning``).
+            ``tinyimagenet`` the ``tiny-imagenet-200`` folder or the folder holding it (default
+            ``<cache_dir>/torchvision``); for ``image_folder`` the folder or ``.tar``/``.tar.gz``/``.tgz``/``.zip``
+            archive (required). Unused by digits.
+        cache_dir: where decoded image folders and TinyImageNet are cached (default ``$SALUN_CACHE`` or
+            ``~/.cache/salun_lightning``).
         download: let ``prepare_data`` download a torchvision set (needs internet).
         forget_set: the forgetting scenario, ``"random"``, ``"class"`` or ``"indices"``.
         forget_fraction: random scenario: fraction in (0, 1) of the non-held-out samples to forget.
@@ -289,7 +293,8 @@ class UnlearningDataModule(ImageSourceDataModule):
         seed: seed of the hold-out, of the random forget set and of the training shuffles.
         stream: the training stream: the LightningModule's ``train_stream``. Required by ``train_dataloader``.
         schedule: how ``"forget_retain"`` orders D_f and D_r within an epoch; default ``interleaved`` for CIFAR-100
-            (as the reference code does there), else ``sequential`` (as it does for CIFAR-10).
+            and TinyImageNet (as the reference code does there), else ``sequential`` (as it does for CIFAR-10 and
+            SVHN).
         batch_size: training batch size.
         eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).
         num_workers: DataLoader worker processes (the data is in memory; 0 is usually fastest).
@@ -298,8 +303,8 @@ class UnlearningDataModule(ImageSourceDataModule):
             are gathered, augmented and normalised there: no host-side image indexing, no per-batch image copies.
             Needs ``num_workers=0``. The batches are the same as on the host: same indices, and augmentation drawn
             from this module's own seeded generator whatever the device.
-        augment: random crop and horizontal flip of training batches; default on for CIFAR and image folders, off
-            for digits and SVHN.
+        augment: random crop and horizontal flip of training batches; default on for CIFAR, TinyImageNet and image
+            folders, off for digits and SVHN.
         crop_padding: zero padding before the random crop (0: no crop).
         horizontal_flip: whether augmentation flips.
         augment_forget_loader: make :meth:`forget_dataloader`, which the saliency mask reads, shuffle and augment
@@ -328,7 +333,7 @@ class UnlearningDataModule(ImageSourceDataModule):
 
     def __init__(
         self,
-        dataset: Literal["digits", "cifar10", "cifar100", "svhn", "image_folder"] = "digits",
+        dataset: Literal["digits", "cifar10", "cifar100", "svhn", "tinyimagenet", "image_folder"] = "digits",
         data_path: Optional[str] = None,
         cache_dir: Optional[str] = None,
         download: bool = False,
@@ -339,7 +344,7 @@ class UnlearningDataModule(ImageSourceDataModule):
         forget_indices_file: Optional[str] = None,
         val_size: Union[int, float] = 0,
         seed: int = 0,
-        stream: Optional[Literal["full", "retain", "forget", "forget_retain"]] = None,
+        stream: Optional[Literal["full", "retain", "forget", "forget_retain", "paired", "none"]] = None,
         schedule: Optional[Literal["sequential", "interleaved"]] = None,
         batch_size: int = 128,
         eval_batch_size: Optional[int] = None,
@@ -360,8 +365,8 @@ class UnlearningDataModule(ImageSourceDataModule):
         self.save_hyperparameters(logger=False)
         _check_arguments(**self.hparams)
         self._init_source(dataset, data_path, cache_dir)
-        self.augment = augment if augment is not None else dataset in ("cifar10", "cifar100", "image_folder")
-        self.schedule = schedule or ("interleaved" if dataset == "cifar100" else "sequential")
+        self.augment = augment if augment is not None else dataset not in ("digits", "svhn")
+        self.schedule = schedule or ("interleaved" if dataset in ("cifar100", "tinyimagenet") else "sequential")
         if data_on_device and num_workers > 0:
             raise ValueError("data_on_device keeps the data set on the accelerator: set num_workers=0 (the batches "
                              "are gathered there; worker processes cannot share it).")

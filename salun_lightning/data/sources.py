@@ -13,6 +13,15 @@ Sources:
   are converted to grey (one channel) when the first training image has a single band, else to RGB. The decoded
   tensors are cached in ``cache_dir`` as safetensors, keyed by the archive's sha256 (or, for a directory, a hash of
   the image files' relative paths, sizes and modification times); nothing is ever written beside the source.
+- ``tinyimagenet``: the unpacked ``tiny-imagenet-200`` folder of the official release (``data_path`` names it, or a
+  folder holding it; nothing downloads). Classes are the sorted wnids of the ``train/<wnid>/`` folders, the order of
+  torchvision's ``ImageFolder`` over ``train/`` (what the reference code reads), and also the class names; a
+  ``wnids.txt``, when present, must list the same wnids. The training split is ``train/<wnid>/images/*.JPEG`` (100,000
+  images), ordered by path; the test split is ``val/images/*`` (10,000), ordered by file name and labelled by
+  ``val/val_annotations.txt`` (tab-separated: file name, wnid, box), since the official ``test/`` split has no
+  labels. Every image must be 64x64; grey JPEGs (the release has some) are converted to RGB. The layout is checked
+  before anything is decoded; the decoded tensors are cached like an image folder's, keyed also by the contents of
+  ``val_annotations.txt`` and ``wnids.txt``.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import tarfile
 import time
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional, Union
@@ -40,7 +49,7 @@ from torch import Tensor
 
 from salun_lightning.files import write_atomically
 
-DATASETS = ("digits", "cifar10", "cifar100", "svhn", "image_folder")
+DATASETS = ("digits", "cifar10", "cifar100", "svhn", "tinyimagenet", "image_folder")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
 CACHE_FORMAT = "1"  # bump when decoding changes, so that old cache files are not reused
@@ -56,6 +65,8 @@ _CIFAR100_CLASSES = (
 ).split()
 _CIFAR10_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
 _DIGIT_CLASSES = [str(d) for d in range(10)]
+TINYIMAGENET_FOLDER = "tiny-imagenet-200"
+TINYIMAGENET_SIZE = (64, 64)  # (height, width) of every TinyImageNet image
 
 
 @dataclass(frozen=True)
@@ -189,9 +200,12 @@ def _torchvision_split(name: str, root: Path, split: str, download: bool):
 
 # ---------------------------------------------------------------------------------------------------- image folder
 def prepare_source(name: str, data_path: Optional[Path], cache_dir: Path, download: bool) -> None:
-    """Download a torchvision set (``download=True``) or check its files; decode and cache an image folder."""
+    """Download a torchvision set (``download=True``) or check its files; decode and cache an image folder or
+    TinyImageNet."""
     if name == "image_folder":
         load_image_folder_data(data_path, cache_dir)
+    elif name == "tinyimagenet":
+        load_tinyimagenet_data(data_path, cache_dir)
     elif name != "digits":
         if download:
             download_torchvision(name, data_path)
@@ -199,11 +213,13 @@ def prepare_source(name: str, data_path: Optional[Path], cache_dir: Path, downlo
 
 
 def load_source(name: str, data_path: Optional[Path], cache_dir: Path) -> ImageData:
-    """Load a data source by name (``digits``, ``image_folder`` or a torchvision set) and check its contents."""
+    """Load a data source by name (one of :data:`DATASETS`) and check its contents."""
     if name == "digits":
         data = load_digits_data()
     elif name == "image_folder":
         data = load_image_folder_data(data_path, cache_dir)
+    elif name == "tinyimagenet":
+        data = load_tinyimagenet_data(data_path, cache_dir)
     else:
         data = load_torchvision_data(name, data_path)
     data.check(name if data_path is None else str(data_path))
@@ -229,11 +245,14 @@ def source_fingerprint(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def cache_file(path: Path, cache_dir: Path) -> Path:
-    """Where the decoded tensors of the image folder or archive ``path`` are cached."""
-    key = hashlib.sha256(f"image_folder:v{CACHE_FORMAT}:{source_fingerprint(path)}".encode()).hexdigest()
-    stem = path.name.split(".")[0] or "image_folder"
-    return cache_dir / f"{stem}-{key[:24]}.safetensors"
+def cache_file(path: Path, cache_dir: Path, kind: str = "image_folder", key_files: Sequence[Path] = ()) -> Path:
+    """Where the decoded tensors of ``path`` (an image folder or archive, or the folder of another ``kind`` of
+    source) are cached; the contents of ``key_files`` (label files) are part of the key."""
+    digest = hashlib.sha256(f"{kind}:v{CACHE_FORMAT}:{source_fingerprint(path)}".encode())
+    for file in key_files:
+        digest.update(file.read_bytes())
+    stem = path.name.split(".")[0] or kind
+    return cache_dir / f"{stem}-{digest.hexdigest()[:24]}.safetensors"
 
 
 def check_image_folder_path(path: Path) -> None:
@@ -254,15 +273,19 @@ def load_image_folder_data(path: Union[str, Path], cache_dir: Union[str, Path]) 
     """Return the decoded image folder, from the cache when present, else decoding it once and caching it."""
     path, cache_dir = Path(path).expanduser(), Path(cache_dir).expanduser()
     check_image_folder_path(path)
-    target = cache_file(path, cache_dir)
+    return _load_cached(cache_file(path, cache_dir), path, lambda: decode_image_folder(path))
+
+
+def _load_cached(target: Path, source: Path, decode: Callable[[], ImageData]) -> ImageData:
+    """The data in the cache file ``target`` when it is readable, else ``decode()``, then written there."""
     if target.is_file():
         try:
             return _read_cache(target)
         except (OSError, ValueError, SafetensorError) as err:
-            rank_zero_warn(f"ignoring the unreadable cache file {target} ({err}); decoding {path} again.")
-    data = decode_image_folder(path)
+            rank_zero_warn(f"ignoring the unreadable cache file {target} ({err}); decoding {source} again.")
+    data = decode()
     try:
-        _write_cache(target, data, path)
+        _write_cache(target, data, source)
     except OSError as err:
         rank_zero_warn(f"could not write the image cache {target} ({err}); the images will be decoded again next time.")
     return data
@@ -344,8 +367,14 @@ def find_layout(entries: dict, source: Path) -> tuple[str, dict[str, list[tuple[
 
 
 def _decode_all(
-    sources: list[Union[bytes, Path]], names: list[str], mode: Optional[str], origin: Path
+    sources: list[Union[bytes, Path]],
+    names: list[str],
+    mode: Optional[str],
+    origin: Path,
+    size: Optional[tuple[int, int]] = None,
 ) -> tuple[Tensor, Optional[str]]:
+    """Decode ``sources`` into uint8 ``[N, C, H, W]`` in ``mode`` ("L" or "RGB"; ``None``: grey when the first
+    image has one band, else RGB), all of ``size`` (height, width; ``None``: the first image's)."""
     out: Optional[np.ndarray] = None
     for i, (data, name) in enumerate(zip(sources, names)):
         try:
@@ -356,13 +385,16 @@ def _decode_all(
         except (OSError, ValueError) as err:
             raise ValueError(f"{origin}: cannot decode {name} ({err}); remove or replace that file.") from err
         if out is None:
-            height, width = array.shape[:2]
+            height, width = size or array.shape[:2]
             out = np.empty((len(sources), 1 if mode == "L" else 3, height, width), dtype=np.uint8)
         if array.shape[:2] != out.shape[2:]:
-            raise ValueError(
-                f"{origin}: {name} is {array.shape[1]}x{array.shape[0]} but the images before it are "
-                f"{out.shape[3]}x{out.shape[2]}; all images of an image folder must share one size."
+            expected = f"{out.shape[3]}x{out.shape[2]}"
+            reason = (
+                f"the images before it are {expected}; all images of an image folder must share one size"
+                if size is None
+                else f"every image of this data set is {expected}; replace it with the release's original file"
             )
+            raise ValueError(f"{origin}: {name} is {array.shape[1]}x{array.shape[0]} but {reason}.")
         out[i] = array[None] if mode == "L" else array.transpose(2, 0, 1)
         if (i + 1) % 20000 == 0:
             rank_zero_info(f"  decoded {i + 1:,} of {len(sources):,}")
@@ -391,3 +423,96 @@ def _read_cache(target: Path) -> ImageData:
     data = ImageData(**tensors, class_names=tuple(json.loads(metadata["class_names"])))
     data.check(str(target))
     return data
+
+
+# ---------------------------------------------------------------------------------------------------- tinyimagenet
+def tinyimagenet_root(path: Path) -> Path:
+    """The ``tiny-imagenet-200`` folder: ``path/tiny-imagenet-200`` when ``path`` holds one, else ``path`` itself.
+
+    Raises:
+        FileNotFoundError: a file of the layout is missing; the message names it and the fix.
+    """
+    root = path / TINYIMAGENET_FOLDER if (path / TINYIMAGENET_FOLDER).is_dir() else path
+    required = (root / "train", root / "val" / "images", root / "val" / "val_annotations.txt")
+    missing = [str(file) for file in required if not file.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"tinyimagenet is not in {path}: missing {', '.join(missing)}. Set data_path to the unpacked "
+            f"{TINYIMAGENET_FOLDER} folder of the official release ({TINYIMAGENET_FOLDER}.zip, with "
+            f"train/<wnid>/images/, val/images/ and val/val_annotations.txt) or to the folder holding it; nothing is "
+            f"downloaded."
+        )
+    return root
+
+
+def load_tinyimagenet_data(path: Union[str, Path], cache_dir: Union[str, Path]) -> ImageData:
+    """Return TinyImageNet (see the module docstring), from the cache when present, else decoding it once."""
+    root = tinyimagenet_root(Path(path).expanduser())
+    key_files = [file for file in (root / "val" / "val_annotations.txt", root / "wnids.txt") if file.is_file()]
+    target = cache_file(root, Path(cache_dir).expanduser(), "tinyimagenet", key_files)
+    return _load_cached(target, root, lambda: decode_tinyimagenet(root))
+
+
+def tinyimagenet_files(root: Path) -> tuple[list[str], dict[str, list[tuple[str, str]]]]:
+    """The class wnids and, per split, the ``(path relative to root, wnid)`` of every image, in order.
+
+    Raises:
+        ValueError: the layout or the annotations are inconsistent; the message names the file and the fix.
+    """
+    wnids = sorted(entry.name for entry in (root / "train").iterdir() if entry.is_dir())
+    listed_file = root / "wnids.txt"
+    if listed_file.is_file():
+        listed = {line.strip() for line in listed_file.read_text().splitlines() if line.strip()}
+        if listed != set(wnids):
+            raise ValueError(
+                f"{listed_file} lists other classes than {root / 'train'} holds (only listed: "
+                f"{sorted(listed - set(wnids))[:5]}, only in train/: {sorted(set(wnids) - listed)[:5]}); restore the "
+                f"missing train/<wnid>/ folders or remove the extra ones."
+            )
+    if not wnids:
+        raise ValueError(f"{root / 'train'} holds no train/<wnid>/ folders; unpack the whole release there.")
+    train = []
+    for wnid in wnids:
+        images = sorted(rel for rel, _ in directory_images(root / "train" / wnid / "images"))
+        if not images:
+            raise ValueError(f"{root / 'train' / wnid / 'images'} holds no images; restore that class's files.")
+        train += [(f"train/{wnid}/images/{rel}", wnid) for rel in images]
+    annotations_file = root / "val" / "val_annotations.txt"
+    annotated = {}
+    for number, line in enumerate(annotations_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in wnids:
+            raise ValueError(
+                f"{annotations_file}, line {number}: {line!r} is not '<file>\\t<wnid>\\t<box>' with a wnid of "
+                f"train/; restore the release's val_annotations.txt."
+            )
+        annotated[fields[0]] = fields[1]
+    images = {rel for rel, _ in directory_images(root / "val" / "images")}
+    if images != set(annotated):
+        raise ValueError(
+            f"{root / 'val' / 'images'} and {annotations_file} disagree (images without a line: "
+            f"{sorted(images - set(annotated))[:5]}, lines without an image: {sorted(set(annotated) - images)[:5]}); "
+            f"restore the release's val/ folder."
+        )
+    test = [(f"val/images/{name}", annotated[name]) for name in sorted(annotated)]
+    return wnids, {"train": train, "test": test}
+
+
+def decode_tinyimagenet(root: Path) -> ImageData:
+    """Decode TinyImageNet's training and validation images into uint8 RGB tensors (no caching)."""
+    start = time.perf_counter()
+    wnids, splits = tinyimagenet_files(root)
+    label_of = {wnid: i for i, wnid in enumerate(wnids)}
+    total = len(splits["train"]) + len(splits["test"])
+    rank_zero_info(f"Decoding {total:,} TinyImageNet images from {root} once; they will be cached.")
+    tensors = []
+    for split in ("train", "test"):
+        items = splits[split]
+        labels = torch.tensor([label_of[wnid] for _, wnid in items], dtype=torch.int64)
+        names = [rel for rel, _ in items]
+        images, _ = _decode_all([root / rel for rel in names], names, "RGB", root, TINYIMAGENET_SIZE)
+        tensors += [images, labels]
+    rank_zero_info(f"Decoded {total:,} images from {root} in {time.perf_counter() - start:.1f} s.")
+    return ImageData(*tensors, tuple(wnids))

@@ -25,14 +25,13 @@ Example::
 """
 
 from salun_lightning.diffusion.data import DiffusionDataModule, to_diffusion_range
+from salun_lightning.diffusion.components import load_component, resolve_pretrained
+from salun_lightning.diffusion.methods import METHODS, DiffusionMethod
 from salun_lightning.diffusion.module import (
-    METHODS,
     ClassConditionalDiffusion,
     DiffusionUnlearningModule,
     TextToImageDiffusion,
     denoising_target,
-    load_component,
-    resolve_pretrained,
 )
 from salun_lightning.diffusion.sampling import sample_images, write_samples
 
@@ -40,6 +39,7 @@ __all__ = [
     "METHODS",
     "ClassConditionalDiffusion",
     "DiffusionDataModule",
+    "DiffusionMethod",
     "DiffusionUnlearningModule",
     "TextToImageDiffusion",
     "denoising_target",

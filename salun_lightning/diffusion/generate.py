@@ -388,7 +388,7 @@ def check_pipeline(pretrained: str, unet: Optional[str] = None) -> tuple[Path, P
         FileNotFoundError: ``pretrained`` is neither a directory nor a Hub id that can be fetched, or a part is
             missing (the message names it).
     """
-    from salun_lightning.diffusion.module import resolve_pretrained
+    from salun_lightning.diffusion.components import resolve_pretrained
 
     if not str(pretrained).strip():
         raise ValueError("no model: give --pretrained a diffusers pipeline directory or a Hugging Face Hub id.")

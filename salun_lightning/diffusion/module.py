@@ -32,12 +32,12 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.training_utils import EMAModel
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from lightning.pytorch import Callback, LightningModule
@@ -47,49 +47,30 @@ from torch.nn import functional as F
 
 from salun_lightning.callbacks import WeightSaliencyCallback
 from salun_lightning.data.splits import resolve_class
-from salun_lightning.diffusion.baselines import (
-    CrossAttentionRecorder,
-    RestoreAttentionOnError,
-    concept_token_positions,
-    frozen_copy,
-    select_trainable,
+from salun_lightning.diffusion.baselines import CrossAttentionRecorder
+from salun_lightning.diffusion.components import (
+    Component,
+    check_prediction_type,
+    check_text_to_image_parts,
+    load_component,
+    load_scheduler,
+    load_tokenizer,
+    resolve_pretrained,
 )
+from salun_lightning.diffusion.methods import METHODS, DiffusionMethod
 from salun_lightning.files import write_json
 from salun_lightning.labels import random_other_labels
 from salun_lightning.runs import RUN_FILENAME, FitClock, check_mask_output, close_run, open_fit, run_id_of
 
-Method = Literal["train", "retrain", "ga", "rl", "salun", "esd_x", "esd_u", "fmn"]
+Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the registry's names: what a config may choose
 Pseudo = Literal["next", "random", "class", "prompt", "replace"]
-Component = Optional[Union[str, dict[str, Any]]]
 Conditions = Union[Tensor, list[str]]  # class labels, or prompts
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
-# What a diffusers pipeline needs from a Hub repository (not the multi-GB single-file checkpoints beside it).
-HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a method trains on and how: the only things that vary between methods."""
-
-    stream: str  # the DiffusionDataModule training stream
-    from_original: bool  # starts from trained denoiser weights (else fresh weights)
-    objective: Literal["denoise", "ascent", "forget_retain", "esd", "fmn"]
-    saliency: bool = False
-    text_only: bool = False  # erases a concept named by a prompt: text-to-image models only
-
-
-METHODS: dict[str, MethodSpec] = {
-    "train": MethodSpec("full", from_original=False, objective="denoise"),
-    "retrain": MethodSpec("retain", from_original=False, objective="denoise"),
-    "ga": MethodSpec("forget_retain", from_original=True, objective="ascent"),
-    "rl": MethodSpec("forget_retain", from_original=True, objective="forget_retain"),
-    "salun": MethodSpec("forget_retain", from_original=True, objective="forget_retain", saliency=True),
-    # ESD and Forget-Me-Not: the forget stream only counts steps and epochs (ESD draws no images; FMN uses them)
-    "esd_x": MethodSpec("forget", from_original=True, objective="esd", text_only=True),
-    "esd_u": MethodSpec("forget", from_original=True, objective="esd", text_only=True),
-    "fmn": MethodSpec("forget", from_original=True, objective="fmn", text_only=True),
-}
+def method_names(where: Callable[[type[DiffusionMethod]], bool], conjunction: str, quoted: bool = False) -> str:
+    """The registered methods ``where`` holds for, in prose (``"esd_x, esd_u and fmn"``), for error messages."""
+    names = [repr(name) if quoted else name for name, kind in METHODS.items() if where(kind)]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {conjunction} {names[-1]}"
 
 
 def denoising_target(scheduler: DDPMScheduler, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
@@ -107,89 +88,6 @@ def count_images(batch: dict[str, Any]) -> int:
     return len(batch["image"])
 
 
-def check_prediction_type(scheduler: DDPMScheduler) -> str:
-    """Return the scheduler's ``prediction_type``; raise ValueError unless it is ``epsilon`` or ``v_prediction``."""
-    kind = scheduler.config.prediction_type
-    if kind not in PREDICTION_TYPES:
-        raise ValueError(
-            f"unknown prediction_type {kind!r} in the scheduler config; set it to one of {', '.join(PREDICTION_TYPES)}."
-        )
-    return kind
-
-
-def load_component(kind: type, name: str, spec: Component, pretrained: Optional[str], fresh: bool = False) -> Any:
-    """Build a diffusers or transformers model from a config dict, or load it from a diffusers-format directory.
-
-    Args:
-        kind: the model class (``UNet2DModel``, ``AutoencoderKL``, ``CLIPTextModel``, ...).
-        name: the part's name, also its subfolder in ``pretrained`` (``unet``, ``vae``, ``text_encoder``).
-        spec: a config dict (fresh weights), a directory holding the part (``config.json`` and weights), or ``None``
-            for ``<pretrained>/<name>``.
-        pretrained: a diffusers-format pipeline directory.
-        fresh: take only the directory's config, with freshly initialised weights.
-
-    Raises:
-        ValueError: neither ``spec`` nor ``pretrained`` given.
-        FileNotFoundError: the directory lacks the part (the message names it).
-        ValueError: the directory's weights miss tensors of its config or have the wrong shapes.
-    """
-    if isinstance(spec, dict):
-        return kind(kind.config_class(**spec)) if hasattr(kind, "config_class") else kind.from_config(spec)
-    if spec is None and pretrained is None:
-        raise ValueError(f"no {name}: give {name} (a config dict or a directory) or pretrained (diffusers directory).")
-    path = Path(spec or Path(pretrained, name)).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"the {name} is missing: {path} holds no config.json. Point {'pretrained' if spec is None else name} at "
-            f"a diffusers-format directory (a Stable Diffusion checkout has {name}/ beside unet/, vae/, text_encoder/, "
-            "tokenizer/ and scheduler/), or give a config dict."
-        )
-    if fresh:
-        return kind.from_config(kind.load_config(path))
-    model, info = kind.from_pretrained(path, output_loading_info=True)
-    missing, mismatched = sorted(info["missing_keys"]), list(info["mismatched_keys"])
-    if missing or mismatched:  # from_pretrained would initialise these at random and only warn
-        raise ValueError(
-            f"the {name} weights in {path} do not fit its config: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(mismatched)} of the wrong shape (e.g. {mismatched[:3]}); save the {name} again."
-        )
-    return model
-
-
-def resolve_pretrained(pretrained: Optional[str]) -> Optional[str]:
-    """The local directory of ``pretrained``: the directory itself, or a Hugging Face Hub id's snapshot.
-
-    A Hub id (``owner/name``, e.g. ``CompVis/stable-diffusion-v1-4``) goes to ``huggingface_hub.snapshot_download``
-    as diffusers' ``from_pretrained`` would (cached files are reused; new ones need the network).
-
-    Raises:
-        FileNotFoundError: ``pretrained`` is neither a directory nor a Hub id that could be fetched; the message says
-            what failed and how to use a local directory instead.
-    """
-    if pretrained is None:
-        return None
-    path = Path(pretrained).expanduser()
-    if path.is_dir():
-        return str(path)
-    if path.exists() or not HUB_ID.match(pretrained):
-        raise FileNotFoundError(
-            f"pretrained {pretrained!r} is not a directory: point it at a diffusers-format pipeline directory (with "
-            "unet/, scheduler/, ...) or give a Hugging Face Hub id such as CompVis/stable-diffusion-v1-4."
-        )
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(pretrained, allow_patterns=HUB_PATTERNS)
-    except Exception as error:  # offline, unknown or gated repository: all mean "not at hand"
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise FileNotFoundError(
-            f"pretrained {pretrained!r}: no such local directory, and as a Hugging Face Hub id it could not be fetched "
-            f"({reason}). Hub ids need the network (none is reachable here, or the id is wrong or gated): download "
-            f"it where the Hub is reachable (huggingface-cli download {pretrained} --local-dir <dir>), copy <dir> here "
-            "and set pretrained to that local directory."
-        ) from None
-
-
 def _side(sample_size: Union[int, tuple[int, int], list[int]]) -> int:
     if isinstance(sample_size, int):
         return sample_size
@@ -202,12 +100,13 @@ class DiffusionUnlearningModule(LightningModule, ABC):
     """Train a conditional diffusion model, or make it forget a class (docs/method.md, 'Diffusion unlearning');
     abstract.
 
-    Methods: ``train`` (denoising on every image: the original model), ``retrain`` (from fresh weights on the
-    retained classes only), ``ga`` (``-L_d(D_f) + alpha * L_r``: gradient ascent on the denoising loss of the
-    forgotten class while keeping ``alpha`` times the retain denoising loss, as the reference DDPM code), ``rl``
-    (``L_f + alpha * L_r``: the forgotten condition's prediction pulled towards a pseudo condition's, which carries no
-    gradient, plus the denoising loss on retained images) and ``salun`` (``rl`` under the
-    :class:`~salun_lightning.callbacks.WeightSaliencyCallback` over the denoiser, added by
+    Methods (:mod:`salun_lightning.diffusion.methods`, one class each, which the model asks for its stream, loss,
+    frozen parts and trained weights): ``train`` (denoising on every image: the original model), ``retrain`` (from
+    fresh weights on the retained classes only), ``ga`` (``-L_d(D_f) + alpha * L_r``: gradient ascent on the
+    denoising loss of the forgotten class while keeping ``alpha`` times the retain denoising loss, as the reference
+    DDPM code), ``rl`` (``L_f + alpha * L_r``: the forgotten condition's prediction pulled towards a pseudo
+    condition's, which carries no gradient, plus the denoising loss on retained images) and ``salun`` (``rl`` under
+    the :class:`~salun_lightning.callbacks.WeightSaliencyCallback` over the denoiser, added by
     :meth:`configure_callbacks`); text-to-image models add the concept-erasure baselines ``esd_x``, ``esd_u`` and
     ``fmn`` (:class:`TextToImageDiffusion`). Batches are :class:`~salun_lightning.diffusion.DiffusionDataModule`
     dicts; ``ga``, ``rl`` and ``salun`` get ``{"forget": batch, "retain": batch}`` every step, an epoch being one pass
@@ -272,7 +171,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         FileNotFoundError: a component directory lacks a part.
     """
 
-    methods = METHODS  # method name -> MethodSpec (its training stream, objective, ...): those this model offers
+    methods = METHODS  # method name -> DiffusionMethod class: those this model offers
     unet_class: type = UNet2DModel
     condition_key: str = "class"  # the batch entry holding each image's own condition
     default_guidance: float = 2.0  # sampling guidance w in (1 + w) * eps(c) - w * eps(null)
@@ -310,7 +209,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
                 f"method {method!r} erases a concept named by a text prompt: it needs a TextToImageDiffusion model; "
                 f"{type(self).__name__} offers {', '.join(self.methods)}."
             )
-        self.spec = METHODS[method]
+        kind = METHODS[method]
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0 (the weight of L_r in L_f + alpha * L_r), got {alpha}; the paper "
                              "uses 1e-3 for DDPM and 0.5 for Stable Diffusion.")
@@ -329,28 +228,21 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         if saliency_guidance is not None and saliency_guidance < 0:
             raise ValueError(f"saliency_guidance must be >= 0 (0: unguided) or None (the model's default), got "
                              f"{saliency_guidance}.")
-        if (mask_path or save_mask_path) and not self.spec.saliency:
-            raise ValueError(f"mask_path and save_mask_path belong to method 'salun', not {method!r}.")
-        if self.spec.from_original and isinstance(unet, dict):
+        if (mask_path or save_mask_path) and not kind.takes_mask:
+            raise ValueError(f"mask_path and save_mask_path belong to method "
+                             f"{method_names(lambda m: m.takes_mask, 'or', quoted=True)}, not {method!r}.")
+        if kind.from_original and isinstance(unet, dict):
             raise ValueError(
                 f"method {method!r} unlearns a trained denoiser but unet is a config dict (fresh weights): set unet to "
                 "the directory a 'train' run wrote (<default_root_dir>/unet) or use pretrained."
             )
         self.save_hyperparameters()
+        self.method = kind.from_arguments(self.hparams)
         self.saliency_guidance = self.default_saliency_guidance if saliency_guidance is None else saliency_guidance
         pretrained = resolve_pretrained(pretrained)
         self.pretrained_path = pretrained
-        if scheduler is None and pretrained is not None:
-            if not (Path(pretrained, "scheduler", "scheduler_config.json")).is_file():
-                raise FileNotFoundError(
-                    f"the scheduler is missing: {pretrained}/scheduler holds no scheduler_config.json; add it or "
-                    "give a scheduler config dict."
-                )
-            self.noise_scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler")
-        else:
-            self.noise_scheduler = DDPMScheduler.from_config(scheduler or {})
-        check_prediction_type(self.noise_scheduler)
-        self.unet = load_component(self.unet_class, "unet", unet, pretrained, fresh=not self.spec.from_original)
+        self.noise_scheduler = load_scheduler(scheduler, pretrained)
+        self.unet = load_component(self.unet_class, "unet", unet, pretrained, fresh=not self.method.from_original)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.class_names: Optional[list[str]] = list(class_names) if class_names is not None else None
@@ -413,7 +305,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
     @property
     def train_stream(self) -> str:
         """The training stream the datamodule should serve for this method."""
-        return self.spec.stream
+        return self.method.stream
 
     def _check_data(self) -> None:
         """Resolve the forgotten and pseudo classes and check the data's image shape (end of ``__init__``).
@@ -427,7 +319,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             if self.class_names is None:
                 raise ValueError("forget_class needs class_names (the data's class names) to be resolved.")
             self.forget_class_index = resolve_class(hp.forget_class, self.class_names)
-        if self.spec.stream != "full" and self.forget_class_index is None:
+        if self.method.stream != "full" and self.forget_class_index is None:
             raise ValueError(f"method {method!r} needs a forgotten class: set forget_class (the data's forget_class).")
         if self.hparams.pseudo in ("next", "random") and self.num_classes is not None and self.num_classes < 2:
             raise ValueError("a pseudo class needs at least two classes; use another dataset or pseudo='prompt'.")
@@ -452,6 +344,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
     def setup(self, stage: str) -> None:
         if stage == "fit":  # before the callbacks' on_fit_start, so that the minutes include the saliency mask
             open_fit(self.trainer, self.hparams.method, self._saliency, self.clock)
+            self.method.setup_fit(self)
 
     def run_inputs(self) -> dict[str, Optional[str]]:
         """The files this module reads during a fit (a fit refuses a run directory that holds one of them)."""
@@ -525,25 +418,16 @@ class DiffusionUnlearningModule(LightningModule, ABC):
 
     # ------------------------------------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        objective, dropout = self.spec.objective, self.hparams.condition_dropout
-        if objective in ("forget_retain", "ascent"):
-            size = len(batch["forget"]["image"])
-            if objective == "forget_retain":
-                forget = self.forget_loss(batch["forget"])
-            else:  # ga: the forget images' denoising loss (no condition dropout), ascended
-                forget = self.denoising_loss(batch["forget"])
-            retain = self.denoising_loss(batch["retain"], dropout)
-            loss = (forget if objective == "forget_retain" else -forget) + self.hparams.alpha * retain
-            self.log_dict({"train/forget_loss": forget, "train/retain_loss": retain}, batch_size=size)
-        else:
-            size = len(batch["image"])
-            loss = self.denoising_loss(batch, dropout)
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        """The method's loss on a batch of its stream, logged as ``train/loss``."""
+        loss = self.method.training_loss(self, batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=count_images(batch.get("forget", batch)))
         return loss
 
     def configure_callbacks(self) -> list[Callback]:
-        if not self.spec.saliency or (self._trainer is not None and self._trainer.state.fn != "fit"):
-            return []  # a test after the fit keeps the fit's callback, which does nothing outside fit
+        """The saliency callback for a method that takes the mask (in a fit), then the method's own callbacks."""
+        callbacks = self.method.callbacks(self)
+        if not self.method.takes_mask or (self._trainer is not None and self._trainer.state.fn != "fit"):
+            return callbacks  # a test after the fit keeps the fit's saliency callback, which does nothing outside fit
         hp = self.hparams
         self._saliency = WeightSaliencyCallback(  # setup("fit") points it at the run directory's mask file
             ratio=hp.saliency_ratio,
@@ -552,7 +436,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             parameters=[r"^unet\."],
             batch_size_fn=count_images,
         )
-        return [self._saliency]
+        return [self._saliency, *callbacks]
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``: shard the denoiser with FSDP2's ``fully_shard`` over the data-parallel
@@ -569,10 +453,10 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
             raise ValueError("the diffusion modules shard the denoiser with FSDP2 only: use "
                              "ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1).")
-        if self.spec.objective in ("esd", "fmn") or self.hparams.ema_decay is not None:
+        if not self.method.shardable or self.hparams.ema_decay is not None:
             what = f"method {self.hparams.method!r}" if self.hparams.ema_decay is None else "ema_decay"
             raise ValueError(f"{what} is not supported with a sharded denoiser (ModelParallelStrategy): use "
-                             "ddp, or train, retrain, ga, rl or salun without ema_decay.")
+                             f"ddp, or {method_names(lambda m: m.shardable, 'or')} without ema_decay.")
         from torch.distributed.fsdp import fully_shard
 
         data_parallel = mesh["data_parallel"] if "data_parallel" in names else mesh
@@ -602,6 +486,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
             self._ema = EMAModel(self.unet.parameters(), decay=self.hparams.ema_decay, foreach=True)
             if self._ema_state is not None:
                 self._ema.load_state_dict(self._ema_state)
+        self.method.on_fit_start(self)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._ema is not None and self.trainer.global_step > self._ema.optimization_step:  # an optimizer step
@@ -617,6 +502,7 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         self.clock.restore(checkpoint.get("fit_minutes"))  # a resumed fit adds its own minutes to these (RTE)
 
     def on_fit_end(self) -> None:
+        self.method.on_fit_end(self)
         if self._ema is not None:
             self._ema.copy_to(self.unet.parameters())
             self._ema = None
@@ -636,8 +522,9 @@ class DiffusionUnlearningModule(LightningModule, ABC):
         self._whole_unet = None  # a gathered copy is only for this save
 
     def run_record(self) -> dict[str, Any]:
-        """What ``run.json`` records of the run besides its minutes: the method and the forgotten class."""
-        return {"method": self.hparams.method, "forget_class": self.forget_class_index}
+        """What ``run.json`` records of the run besides its minutes: the method, the forgotten class and what the
+        method adds (e.g. the erased concept's prompt)."""
+        return {"method": self.hparams.method, "forget_class": self.forget_class_index, **self.method.run_record(self)}
 
     def save_components(self, directory: Path) -> None:
         """Save the denoiser and the scheduler (and parts that exist nowhere else) as diffusers subfolders, so that
@@ -681,7 +568,7 @@ class ClassConditionalDiffusion(DiffusionUnlearningModule):
         (11, (1, 8, 8))
     """
 
-    methods = {name: spec for name, spec in METHODS.items() if not spec.text_only}
+    methods = {name: kind for name, kind in METHODS.items() if not kind.erases_concept}
     default_saliency_guidance = 2.0  # the reference DDPM code's saliency loss guides as its sampler does
 
     def __init__(self, num_classes: int = 10, unet: Component = None, pseudo: Pseudo = "next", **kwargs: Any) -> None:
@@ -709,6 +596,7 @@ class ClassConditionalDiffusion(DiffusionUnlearningModule):
                 f"needs {num_classes + 1} (the classes plus the null class); set num_classes to match the model."
             )
         self._check_data()
+        self.method.prepare(self)
 
     def to_model_space(self, images: Tensor) -> Tensor:
         return images
@@ -741,31 +629,16 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
     docs/method.md, 'The weight saliency mask'); sampling guides with ``w = 6.5`` (diffusers' ``guidance_scale`` 7.5).
     Other arguments: :class:`DiffusionUnlearningModule` (``pretrained`` a Stable Diffusion checkout).
 
-    Besides the methods of :class:`DiffusionUnlearningModule`, two concept-erasure baselines (docs/method.md,
+    Besides the methods of :class:`DiffusionUnlearningModule`, the concept-erasure baselines (docs/method.md,
     'Concept-erasure baselines') that erase the concept of ``concept_prompt`` (default: the forgotten class's
     prompt); their stream is ``forget``, which only sets the length of an epoch for ESD (it draws no images) and gives
     Forget-Me-Not its images:
 
-    - ``esd_x`` and ``esd_u`` (ESD, Gandikota et al. 2023; paper: 1,000 steps, batch 1, Adam lr 1e-5). A frozen copy
-      ``eps*`` of the original denoiser (made once, at the first fit's setup, before a checkpoint is restored; never
-      trained, never saved, not in the ``state_dict``) samples ``esd_samples`` latents from Gaussian noise under the
-      concept prompt with DDIM (``esd_sampling_steps``, guidance ``esd_sampling_guidance``), stopping after a
-      uniformly drawn number of steps ``k`` in ``[0, esd_sampling_steps)``: ``x_t`` at the DDIM timestep ``t`` that
-      comes next. The target ``eps*(x_t, null) - esd_eta * (eps*(x_t, c) - eps*(x_t, null))`` carries no gradient;
-      the loss is ``mse(eps(x_t, c), target)``. ``esd_x`` trains only the cross-attention layers (the ``attn2``
-      modules of the transformer blocks), ``esd_u`` every other weight of the denoiser (the paper's "non-cross-
-      attention" weights; the reference code's two versions differ: its CompVis version also keeps the time
-      embedding and output layers, its diffusers version trains only linear and convolution layers, not the norms);
-      the weights not trained get ``requires_grad=False`` and stay out of the optimizer.
-    - ``fmn`` (Forget-Me-Not attention re-steering, Zhang et al. 2023; paper: 35 steps). Forget images are noised as
-      for training and denoised under the concept prompt while every cross-attention layer records its attention
-      probabilities at the token positions of ``concept``
-      (:class:`~salun_lightning.diffusion.baselines.CrossAttentionRecorder`, installed for the fit and removed at its
-      end). ``fmn_loss="mass"``: per layer, the probabilities summed over the concept's tokens and averaged over
-      images, heads and pixels (the share of attention the concept receives), averaged over the layers;
-      ``"norm"``: the reference code's L2 norm of all those probabilities together. ``fmn_parameters``:
-      ``all`` (default, the reference configuration ``only_optimize_ca: false``: the whole denoiser) or
-      ``cross_attention``.
+    - ``esd_x`` and ``esd_u`` (ESD, Gandikota et al. 2023): the denoiser trained against a frozen copy of the
+      original's negatively guided prediction, ``esd_x`` its cross-attention weights, ``esd_u`` the others
+      (:mod:`~salun_lightning.diffusion.methods.esd`).
+    - ``fmn`` (Forget-Me-Not attention re-steering, Zhang et al. 2023): the cross-attention on the concept's tokens
+      lowered (:mod:`~salun_lightning.diffusion.methods.fmn`).
 
     Args:
         vae: ``AutoencoderKL``: a config dict, a directory, or ``None`` for ``<pretrained>/vae``.
@@ -789,7 +662,7 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         esd_eta: ESD's negative guidance ``eta`` (paper: 1.0).
         esd_samples: latents ESD samples per step (ESD: 1).
         fmn_parameters: which denoiser weights ``fmn`` trains: ``all`` or ``cross_attention``.
-        fmn_loss: ``mass`` or ``norm`` (see above).
+        fmn_loss: ``mass`` or ``norm`` (:mod:`~salun_lightning.diffusion.methods.fmn`).
 
     Example::
 
@@ -836,18 +709,20 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         fmn_loss: Literal["mass", "norm"] = "mass",
         **kwargs: Any,
     ) -> None:
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextModel
 
         method = kwargs.get("method", "salun")
         if method in METHODS:
-            objective = METHODS[method].objective
-            if (concept_prompt is not None) and objective not in ("esd", "fmn"):
-                raise ValueError(f"concept_prompt belongs to methods esd_x, esd_u and fmn, not {method!r}; the other "
-                                 "methods take their prompts from the data (and anchor_prompt).")
-            if concept is not None and objective != "fmn" and kwargs.get("pseudo") != "replace":
-                raise ValueError(f"concept (the words whose attention Forget-Me-Not lowers) belongs to method fmn, not "
-                                 f"{method!r}, or to pseudo='replace' (the words it replaces by anchor_prompt in the "
-                                 f"forget prompts), not pseudo={kwargs.get('pseudo', 'next')!r}.")
+            kind = METHODS[method]
+            if concept_prompt is not None and not kind.erases_concept:
+                raise ValueError(f"concept_prompt belongs to methods {method_names(lambda m: m.erases_concept, 'and')}"
+                                 f", not {method!r}; the other methods take their prompts from the data (and "
+                                 "anchor_prompt).")
+            if concept is not None and not kind.uses_concept and kwargs.get("pseudo") != "replace":
+                raise ValueError(f"concept (the words whose attention Forget-Me-Not lowers) belongs to method "
+                                 f"{method_names(lambda m: m.uses_concept, 'or')}, not {method!r}, or to "
+                                 f"pseudo='replace' (the words it replaces by anchor_prompt in the forget prompts), "
+                                 f"not pseudo={kwargs.get('pseudo', 'next')!r}.")
         if concept is not None and not concept.strip():
             raise ValueError("concept is empty: give the words of concept_prompt to forget, e.g. 'nude'.")
         if kwargs.get("pseudo") == "replace":
@@ -871,86 +746,23 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         pretrained = self.pretrained_path
         self.vae = load_component(AutoencoderKL, "vae", vae, pretrained)
         self.text_encoder = load_component(CLIPTextModel, "text_encoder", text_encoder, pretrained)
-        if tokenizer is None and pretrained is None:
-            raise ValueError("no tokenizer: give tokenizer (a CLIPTokenizer directory) or pretrained.")
-        tokenizer_path = Path(tokenizer or Path(pretrained, "tokenizer")).expanduser()
-        if not any((tokenizer_path / name).is_file() for name in ("vocab.json", "tokenizer.json")):
-            raise FileNotFoundError(
-                f"the tokenizer is missing: {tokenizer_path} holds no vocab.json or tokenizer.json; set tokenizer to a "
-                "CLIPTokenizer directory (or pretrained to a Stable Diffusion checkout with tokenizer/)."
-            )
-        self.tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path)
+        self.tokenizer = load_tokenizer(tokenizer, pretrained)
         self.class_prompts = list(class_prompts or [])  # the prompts of the pseudo classes
         if class_prompts is not None and self.class_names is not None and len(class_prompts) != len(self.class_names):
             raise ValueError(f"class_prompts has {len(class_prompts)} prompts for {len(self.class_names)} classes; "
                              "give one prompt per class (the data's class_prompts).")
         for part in self.frozen_modules():
             part.requires_grad_(False).eval()
-        self._check_parts()
+        check_text_to_image_parts(self.unet, self.vae, self.text_encoder, self.tokenizer)
         self._check_data()
-        if self.hparams.pseudo not in ("prompt", "replace") and self.spec.objective == "forget_retain" and (
-                not self.class_prompts):
+        if self.hparams.pseudo not in ("prompt", "replace") and self.method.uses_pseudo and not self.class_prompts:
             raise ValueError(f"pseudo={self.hparams.pseudo!r} conditions on other classes' prompts: give class_prompts "
                              "(the data's), or use pseudo='prompt' with an anchor_prompt.")
         self._concept_pattern: Optional[re.Pattern[str]] = None
         if concept is not None:  # the concept's words, whole, with any whitespace between them (pseudo='replace')
             words = r"\s+".join(re.escape(word) for word in concept.split())
             self._concept_pattern = re.compile(rf"(?<!\w){words}(?!\w)")
-        self.concept_prompt: Optional[str] = None
-        self.concept_positions: Optional[list[int]] = None
-        self._attention: Optional[CrossAttentionRecorder] = None
-        self._esd_original: list[nn.Module] = []  # the frozen copy, in a list: not a submodule, not in the state_dict
-        if self.spec.text_only:
-            self._setup_concept_erasure()
-
-    def _setup_concept_erasure(self) -> None:
-        """Resolve the concept prompt (and FMN's concept tokens) and choose the trained weights (end of ``__init__``).
-
-        Raises:
-            ValueError: no concept prompt, a concept not in it, an anchor equal to it, or ESD sampling steps beyond
-                the noise schedule.
-        """
-        hp = self.hparams
-        prompt = hp.concept_prompt
-        if prompt is None:
-            if self.forget_class_index is None or not self.class_prompts:
-                raise ValueError(f"method {hp.method!r} erases the concept of concept_prompt: set concept_prompt (e.g. "
-                                 "'a photo of a nude person'), or class_prompts and forget_class (the data's).")
-            prompt = self.class_prompts[self.forget_class_index]
-        if not prompt.strip():
-            raise ValueError("concept_prompt is empty, the unconditional prompt: name the concept to erase.")
-        if hp.anchor_prompt.strip() == prompt.strip():
-            raise ValueError(f"anchor_prompt {hp.anchor_prompt!r} is the concept prompt {prompt!r} itself; choose an "
-                             "anchor that does not show the concept.")
-        self.concept_prompt = prompt
-        if self.spec.objective == "esd":
-            steps, total = hp.esd_sampling_steps, self.noise_scheduler.config.num_train_timesteps
-            if steps > total:
-                raise ValueError(f"esd_sampling_steps {steps} exceeds the noise schedule's {total} timesteps; use at "
-                                 "most that (ESD: 50).")
-            select_trainable(self.unet, "cross_attention" if hp.method == "esd_x" else "not_cross_attention")
-            return
-        concept = hp.concept
-        if concept is None:
-            concept = self.class_names[self.forget_class_index].replace("_", " ") if (
-                self.class_names is not None and self.forget_class_index is not None) else None
-            if concept is None:
-                raise ValueError("method 'fmn' needs concept: the words of concept_prompt to forget, e.g. 'nude'.")
-        self.concept_positions = concept_token_positions(self.tokenizer, prompt, concept, self._prompt_length)
-        select_trainable(self.unet, hp.fmn_parameters)
-        self._attention = CrossAttentionRecorder(self.unet)
-
-    def _check_parts(self) -> None:
-        unet, vae, text = self.unet.config, self.vae.config, self.text_encoder.config
-        problems = []
-        if unet.in_channels != vae.latent_channels:
-            problems.append(f"unet in_channels {unet.in_channels} != vae latent_channels {vae.latent_channels}")
-        if isinstance(unet.cross_attention_dim, int) and unet.cross_attention_dim != text.hidden_size:
-            problems.append(f"unet cross_attention_dim {unet.cross_attention_dim} != text encoder {text.hidden_size}")
-        if text.vocab_size < len(self.tokenizer):
-            problems.append(f"text encoder vocab_size {text.vocab_size} < tokenizer's {len(self.tokenizer)} tokens")
-        if problems:
-            raise ValueError("the components do not fit together: " + "; ".join(problems) + ". Use matching parts.")
+        self.method.prepare(self)
 
     def _check_data(self) -> None:
         super()._check_data()
@@ -965,129 +777,43 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         return [self.vae, self.text_encoder]
 
     # ------------------------------------------------------------------------------------------------ concept erasure
+    # The concept-erasure methods' state and steps, read through the model.
+    @property
+    def concept_prompt(self) -> Optional[str]:
+        """The prompt naming the erased concept (``None`` for a method that erases none)."""
+        return getattr(self.method, "concept_prompt", None)
+
+    @property
+    def concept_positions(self) -> Optional[list[int]]:
+        """Forget-Me-Not's token positions of ``concept`` in the concept prompt (``None`` for other methods)."""
+        return getattr(self.method, "concept_positions", None)
+
     @property
     def original_denoiser(self) -> Optional[nn.Module]:
         """ESD's frozen copy ``eps*`` of the original denoiser (``None`` before the first fit's setup, or without
         ESD)."""
-        return self._esd_original[0] if self._esd_original else None
+        return getattr(self.method, "original", None)
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if stage == "fit" and self.spec.objective == "esd" and not self._esd_original:
-            # before Lightning restores a checkpoint into the denoiser: the copy holds the original weights
-            self._esd_original.append(frozen_copy(self.unet))
+    @property
+    def _attention(self) -> Optional[CrossAttentionRecorder]:
+        """Forget-Me-Not's attention recorder (``None`` for other methods)."""
+        return getattr(self.method, "recorder", None)
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        if self._esd_original:
-            self._esd_original[0].to(self.device)
-        if self._attention is not None:
-            self._attention.install()  # for the fit: a checkpointed backward recomputes with the same processors
-
-    def on_fit_end(self) -> None:
-        if self._attention is not None:
-            self._attention.restore()
-        super().on_fit_end()
-
-    def configure_callbacks(self) -> list[Callback]:
-        callbacks = super().configure_callbacks()
-        if self._attention is not None:
-            callbacks.append(RestoreAttentionOnError(self._attention))
-        return callbacks
-
-    def run_record(self) -> dict[str, Any]:
-        record = super().run_record()
-        if self.concept_prompt is not None:
-            record["concept_prompt"] = self.concept_prompt
-        if self.spec.objective == "fmn":
-            record["concept_positions"] = self.concept_positions
-        return record
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """The concept-erasure objectives (``esd``, ``fmn``) here; the others as every diffusion model trains them."""
-        objective = self.spec.objective
-        if objective not in ("esd", "fmn"):
-            return super().training_step(batch, batch_idx)
-        loss = self.esd_loss(self.hparams.esd_samples) if objective == "esd" else self.fmn_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
-        return loss
-
-    def _original(self) -> nn.Module:
-        """The frozen copy on the denoiser's device and dtype (made now if no fit has made it)."""
-        if not self._esd_original:
-            self._esd_original.append(frozen_copy(self.unet))
-        original = self._esd_original[0]
-        reference = next(self.unet.parameters())
-        first = next(original.parameters())
-        if (first.device, first.dtype) != (reference.device, reference.dtype):
-            original.to(device=reference.device, dtype=reference.dtype)
-        return original
-
-    def _esd_generator(self) -> Optional[torch.Generator]:
-        """``None`` (the global generator) in one process; under several, a CPU generator seeded from the global
-        seed, the rank and the step, so that the ranks sample different ``x_t`` (with one seed on every rank, the
-        global generators would give every rank the same sample and the same gradient)."""
-        if self._trainer is None or self.trainer.world_size == 1:
-            return None
-        seed = hash((torch.initial_seed(), self.global_rank, self.global_step)) % 2**63
-        return torch.Generator().manual_seed(seed)
-
-    @torch.no_grad()
     def esd_sample(self, count: int) -> tuple[Tensor, Tensor]:
-        """ESD's ``(x_t, t)``: ``count`` latents sampled by the frozen copy with guided DDIM from Gaussian noise under
-        the concept prompt, stopped after ``k`` steps, ``k`` drawn uniformly from ``[0, esd_sampling_steps)`` (then
-        the noise, from the global generator); ``t`` is the DDIM timestep that would come next."""
-        hp, original = self.hparams, self._original()
-        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
-        scheduler.set_timesteps(hp.esd_sampling_steps)
-        generator = self._esd_generator()
-        stop = int(torch.randint(0, hp.esd_sampling_steps, (), generator=generator))
-        shape = (count, *self.latent_shape)
-        noise = torch.randn(shape, device=self.device) if generator is None else torch.randn(shape, generator=generator)
-        x = noise.to(self.device) * scheduler.init_noise_sigma
-        concept = self.encode_condition([self.concept_prompt] * count)
-        both = torch.cat([concept, self.encode_condition(self.null_condition(count))])
-        w = hp.esd_sampling_guidance
-        for t in scheduler.timesteps[:stop]:
-            timesteps = torch.full((2 * count,), int(t), dtype=torch.long, device=x.device)
-            model_input = scheduler.scale_model_input(torch.cat([x, x]), t)
-            conditional, unconditional = original(model_input, timesteps, encoder_hidden_states=both).sample.chunk(2)
-            prediction = (1 + w) * conditional - w * unconditional
-            x = scheduler.step(prediction.float(), t, x, eta=0.0).prev_sample.to(x.dtype)
-        t = int(scheduler.timesteps[stop])
-        return x, torch.full((count,), t, dtype=torch.long, device=x.device)
+        """ESD's ``(x_t, t)`` (:meth:`~salun_lightning.diffusion.methods.Esd.sample`)."""
+        return self.method.sample(self, count)
 
-    @torch.no_grad()
     def esd_target(self, x_t: Tensor, timesteps: Tensor) -> Tensor:
-        """ESD's target ``eps*(x_t, null) - esd_eta * (eps*(x_t, c) - eps*(x_t, null))`` from the frozen copy; it
-        carries no gradient."""
-        count = len(x_t)
-        both = torch.cat([self.encode_condition([self.concept_prompt] * count),
-                          self.encode_condition(self.null_condition(count))])
-        predictions = self._original()(torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]),
-                                       encoder_hidden_states=both).sample
-        conditional, unconditional = predictions.float().chunk(2)
-        return unconditional - self.hparams.esd_eta * (conditional - unconditional)
+        """ESD's target (:meth:`~salun_lightning.diffusion.methods.Esd.target`)."""
+        return self.method.target(self, x_t, timesteps)
 
     def esd_loss(self, count: int = 1) -> Tensor:
-        """ESD's loss ``mse(eps(x_t, c), target)`` on ``count`` latents of :meth:`esd_sample` (see the class
-        docstring)."""
-        x_t, timesteps = self.esd_sample(count)
-        target = self.esd_target(x_t, timesteps)
-        prediction = self.denoise(x_t, timesteps, self.encode_condition([self.concept_prompt] * count))
-        return F.mse_loss(prediction.float(), target)
+        """ESD's loss on ``count`` latents (:meth:`~salun_lightning.diffusion.methods.Esd.loss`)."""
+        return self.method.loss(self, count)
 
     def fmn_loss(self, batch: dict[str, Any]) -> Tensor:
-        """Forget-Me-Not's loss on a forget batch: the cross-attention on the concept's tokens when the forget images,
-        noised as for training, are denoised under the concept prompt (``fmn_loss``, see the class docstring)."""
-        x_t, timesteps, _ = self._noised(batch["image"])
-        condition = self.encode_condition([self.concept_prompt] * len(x_t))
-        with self._attention.capture(self.concept_positions):
-            prediction = self.denoise(x_t, timesteps, condition)
-        loss = self._attention.attention_mass() if self.hparams.fmn_loss == "mass" else self._attention.attention_norm()
-        # every trained weight takes part in the graph (a zero gradient for those after the last cross-attention),
-        # so that DDP finds no unused parameter
-        return loss + 0.0 * prediction.float().mean()
+        """Forget-Me-Not's loss on a forget batch (:class:`~salun_lightning.diffusion.methods.ForgetMeNot`)."""
+        return self.method.training_loss(self, batch)
 
     def save_components(self, directory: Path) -> None:
         """Also save the tokenizer, and the VAE and text encoder unless they come from ``pretrained``: the directory
@@ -1113,13 +839,13 @@ class TextToImageDiffusion(DiffusionUnlearningModule):
         return self.vae.decode(x0 / config.scaling_factor + (config.shift_factor or 0.0)).sample
 
     @property
-    def _prompt_length(self) -> int:
+    def prompt_length(self) -> int:
         """The number of tokens the text encoder sees (prompts padded or truncated to it)."""
         return min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
 
     def encode_condition(self, conditions: list[str]) -> Tensor:
         ids = self.tokenizer(
-            list(conditions), padding="max_length", max_length=self._prompt_length, truncation=True,
+            list(conditions), padding="max_length", max_length=self.prompt_length, truncation=True,
             return_tensors="pt"
         ).input_ids
         with torch.no_grad():
