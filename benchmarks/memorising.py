@@ -61,15 +61,16 @@ def training_schedule(epochs: int) -> list[str]:
     return [f"--trainer.max_epochs={epochs}", f"--model.init_args.lr_milestones=[{epochs // 2}, {3 * epochs // 4}]"]
 
 
-def fit(method: str, scenario: str, args: list[str]) -> dict:
-    """Run ``salun fit`` (then its test) and return the run's metrics.
+def fit(method: str, scenario: str, args: list[str], configs: Path = CONFIGS) -> dict:
+    """Run ``salun fit`` (then its test) with ``<configs>/<method>.yaml`` and ``<configs>/forget/<scenario>.yaml``
+    and return the run's metrics.
 
     Resumable: a finished run is reused only when it was made by exactly this command (``invocation.json``, written
     after the fit); a run of other settings in the same directory is run again.
     """
     root = Path(next(a for a in args if a.startswith("--trainer.default_root_dir=")).split("=", 1)[1])
-    command = ["fit", "--config", str(CONFIGS / f"{method}.yaml"), "--config",
-               str(CONFIGS / "forget" / f"{scenario}.yaml"), *args]
+    command = ["fit", "--config", str(configs / f"{method}.yaml"), "--config",
+               str(configs / "forget" / f"{scenario}.yaml"), *args]
     record = root / INVOCATION
     finished = (root / "metrics.json").is_file() and not (root / "INCOMPLETE").exists()
     if finished and record.is_file() and json.loads(record.read_text()) == command:

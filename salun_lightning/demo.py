@@ -1,10 +1,10 @@
 """The whole classifier pipeline on scikit-learn's digits, through the ``salun`` command line (``make demo``).
 
 Trains the original model, computes the saliency mask, unlearns digit 0 (``--scenario class``, the default) with
-salun, ft, ga, rl and l1_sparse, retrains from scratch without it, and writes the comparison to ``<out>/report.md``
-and ``<out>/report.png``.
+salun, ft, ga, rl and l1_sparse (``--methods all``: every unlearning method), retrains from scratch without it, and
+writes the comparison to ``<out>/report.md`` and ``<out>/report.png``.
 
-    python -m salun_lightning.demo [--out runs/demo] [--configs configs/digits]
+    python -m salun_lightning.demo [--out runs/demo] [--configs configs/digits] [--methods salun,rl | all]
 """
 
 from __future__ import annotations
@@ -17,11 +17,34 @@ from pathlib import Path
 import torch
 
 from salun_lightning.cli import run as salun
+from salun_lightning.methods import METHODS
 
-UNLEARNING_METHODS = ("salun", "ft", "ga", "rl", "l1_sparse")
+DEFAULT_METHODS = ("salun", "ft", "ga", "rl", "l1_sparse")
+ALL_METHODS = tuple(name for name in METHODS if name not in ("train", "retrain"))
 
 
-def run(configs: Path, out: Path, scenario: Path) -> str:
+def chosen_methods(value: str) -> tuple[str, ...]:
+    """The unlearning methods a ``--methods`` value names (``all``: every registered one).
+
+    Example::
+
+        >>> chosen_methods("salun,iu")
+        ('salun', 'iu')
+        >>> chosen_methods("salun,retrian")
+        Traceback (most recent call last):
+        argparse.ArgumentTypeError: unknown unlearning method 'retrian'; choose among ...
+    """
+    if value == "all":
+        return ALL_METHODS
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    for name in names:
+        if name not in ALL_METHODS:
+            raise argparse.ArgumentTypeError(
+                f"unknown unlearning method {name!r}; choose among {', '.join(ALL_METHODS)} (or all).")
+    return names
+
+
+def run(configs: Path, out: Path, scenario: Path, methods: tuple[str, ...] = DEFAULT_METHODS) -> str:
     """Run every step for one forgetting scenario (a config stacked on every method's) and return the table."""
     weights = out / "train" / "model.safetensors"
     mask = out / "mask.safetensors"
@@ -30,7 +53,7 @@ def run(configs: Path, out: Path, scenario: Path) -> str:
         ("compute the saliency mask", ["mask", "--config", str(configs / "salun.yaml"), "--out", str(mask)], None),
         *[
             (f"unlearn with {method}", ["fit", "--config", str(configs / f"{method}.yaml")], method)
-            for method in UNLEARNING_METHODS
+            for method in methods
         ],
         ("retrain from scratch without the forget set", ["fit", "--config", str(configs / "retrain.yaml")], "retrain"),
     ]
@@ -47,7 +70,7 @@ def run(configs: Path, out: Path, scenario: Path) -> str:
         salun(args)
         print(f"    done in {time.perf_counter() - started:.1f} s", flush=True)
     print(f"\n[{len(steps) + 1}/{len(steps) + 1}] report", flush=True)
-    run_dirs = [str(out / m) for m in ("retrain", "train", *UNLEARNING_METHODS)]
+    run_dirs = [str(out / m) for m in ("retrain", "train", *methods)]
     salun(["report", *run_dirs, "--out", str(out)])
     return (out / "report.md").read_text()
 
@@ -57,13 +80,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--configs", type=Path, default=Path("configs/digits"))
     parser.add_argument("--scenario", default="class", help="a config in <configs>/forget/ (class, random10, ...)")
+    parser.add_argument("--methods", type=chosen_methods, default=DEFAULT_METHODS,
+                        help=f"comma-separated unlearning methods, or all (default {','.join(DEFAULT_METHODS)})")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # keep the output short
     # These models are tiny: one thread is as fast on a quiet machine and many times faster on a busy one,
     # where several threads spin against each other.
     torch.set_num_threads(1)
     started = time.perf_counter()
-    run(args.configs, args.out, args.configs / "forget" / f"{args.scenario}.yaml")
+    run(args.configs, args.out, args.configs / "forget" / f"{args.scenario}.yaml", args.methods)
     print(f"\nwrote {args.out / 'report.md'} and {args.out / 'report.png'} in {time.perf_counter() - started:.0f} s")
 
 

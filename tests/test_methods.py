@@ -7,6 +7,7 @@ import ast
 import json
 import typing
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -16,7 +17,7 @@ from torch.nn import functional as F
 
 from salun_lightning import ClassifierUnlearningModule, UnlearningDataModule
 from salun_lightning.classifier import Method
-from salun_lightning.methods import METHODS
+from salun_lightning.methods import METHODS, build_method
 from salun_lightning.methods.scrub import distillation_divergence
 from salun_lightning.models import build_classifier
 
@@ -230,6 +231,12 @@ def test_bs_trains_on_the_frozen_models_label_for_the_fgsm_neighbour_in_pixel_sp
     assert not attacker.training and not any(p.requires_grad for p in attacker.parameters())
     assert all(torch.equal(a, b) for a, b in zip(attacker.state_dict().values(), net.state_dict().values()))
     assert not any(p.data_ptr() == q.data_ptr() for p in attacker.parameters() for q in model.net.parameters())
+
+
+def test_bs_refuses_data_without_a_normalisation_before_the_fit():
+    data = SimpleNamespace(batch_size=4)  # e.g. a plain LightningDataModule: no mean, no std
+    with pytest.raises(ValueError, match="bs attacks in pixel space and needs the data's normalisation"):
+        build_method("bs").check_fit(SimpleNamespace(datamodule=data))
 
 
 # ------------------------------------------------------------------------------------------------ be

@@ -50,11 +50,14 @@ class BoundaryShrink(ClassifierMethod):
         self.attacker = frozen_copy(net)
         return net
 
-    def on_fit_start(self, module: Any) -> None:
-        data = module.trainer.datamodule
+    def check_fit(self, trainer: Any) -> None:
+        data = trainer.datamodule
         if not (hasattr(data, "mean") and hasattr(data, "std")):
             raise ValueError("bs attacks in pixel space and needs the data's normalisation: train it with an "
                              "UnlearningDataModule (or a data module with mean and std attributes).")
+
+    def on_fit_start(self, module: Any) -> None:
+        data = module.trainer.datamodule
         move_frozen(self.attacker, module)
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(data.mean, device=module.device).view(shape)
