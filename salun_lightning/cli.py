@@ -1,5 +1,5 @@
-"""The ``salun`` command: LightningCLI for every experiment, plus ``mask``, ``report``, ``sample``, ``generate`` and
-``nudity``.
+"""The ``salun`` command: LightningCLI for every experiment, plus ``mask``, ``tune``, ``report``, ``curves``,
+``sample``, ``generate`` and ``nudity``.
 
 All commands live here. ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's: the data module's class
 count, image shape, class names and forgotten class are linked into the model's constructor, and the model's
@@ -123,6 +123,13 @@ def mask_main(argv: Sequence[str]) -> None:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     stats = callback.saliency_stats
     print(f"wrote {args.out}: {stats['kept']:,} of {stats['total']:,} weights (ratio {callback.ratio})")
+
+
+def tune_main(argv: Sequence[str]) -> None:
+    """``salun tune``: see :mod:`salun_lightning.tuning` (imported only when it runs, as Optuna and Lightning are)."""
+    from salun_lightning.tuning import main as tune
+
+    tune(argv)
 
 
 def report_main(argv: Sequence[str]) -> None:
@@ -472,6 +479,7 @@ COMMANDS: dict[str, Command] = {
     "test": Command("test a saved model (default <run>/model.safetensors) and write metrics.json beside it"),
     "predict": Command("run the predict stage"),
     "mask": Command("compute the weight saliency mask of a config's model and forget set, without training", mask_main),
+    "tune": Command("tune a method's hyper-parameters with Optuna against a reference run (resumable)", tune_main),
     "report": Command("compare runs against retraining (markdown table and chart)", report_main),
     "curves": Command("plot a run's logged curves (loss, accuracy, ...) into <run>/curves.png", curves_main),
     "sample": Command("generate images with a diffusion run's denoiser", sample_main),

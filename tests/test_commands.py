@@ -62,7 +62,7 @@ def test_an_unknown_command_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["foo"])
     err = capsys.readouterr().err
-    assert "unknown command 'foo'; the commands are fit, validate, test, predict, mask, report, curves, sample, " \
+    assert "unknown command 'foo'; the commands are fit, validate, test, predict, mask, tune, report, curves, sample, " \
            "generate, nudity" in err
 
 

@@ -31,6 +31,7 @@ TINY = {
     "test": ["--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false"],
     "sample": ["--steps", "2", "--num-per-class", "1"],
 }
+TINY["tune"] = ["--trials", "2", *TINY["fit"]]  # the last --trials counts
 
 
 def bash_blocks(path: Path) -> list[str]:

@@ -19,12 +19,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from salun_lightning.hyperparameters import Hyperparameters
+from salun_lightning.hyperparameters import Hyperparameters, SearchRange
 
 if TYPE_CHECKING:  # the module imports the methods, not the other way round
     from lightning.pytorch import Trainer
 
     from salun_lightning.classifier import ClassifierUnlearningModule
+
+
+SALIENCY_RATIO_RANGE = SearchRange(0.1, 0.9)  # the fraction of weights a tuned mask keeps
 
 
 def frozen_copy(net: nn.Module) -> nn.Module:
@@ -62,6 +65,7 @@ class ClassifierMethod:
         mask_refusal: why the method cannot take a saliency mask (``None``: it can).
         default_saliency_ratio: the mask ratio used when the config gives none (``None``: no mask by default).
         Hyperparameters: the method's hyper-parameters.
+        lr_range: where a tuner searches the learning rate (``None``: the method takes no optimizer step).
     """
 
     name: ClassVar[str]
@@ -70,6 +74,7 @@ class ClassifierMethod:
     mask_refusal: ClassVar[Optional[str]] = None
     default_saliency_ratio: ClassVar[Optional[float]] = None
     Hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
+    lr_range: ClassVar[Optional[SearchRange]] = SearchRange(1e-5, 1e-1, log=True)
 
     def __init__(self, hparams: Optional[Hyperparameters] = None) -> None:
         self.hparams = hparams if hparams is not None else self.Hyperparameters()
@@ -79,6 +84,24 @@ class ClassifierMethod:
         """The method with its hyper-parameters from a config's ``method_args`` (checked: see
         :meth:`~salun_lightning.hyperparameters.Hyperparameters.from_mapping`)."""
         return cls(cls.Hyperparameters.from_mapping(values, cls.name))
+
+    @classmethod
+    def tuning_space(cls, masked: bool, max_epochs: Optional[int] = None) -> dict[str, SearchRange]:
+        """What a tuner searches for this method: ``lr`` (when it trains), ``saliency_ratio`` (when it runs under a
+        mask) and its own tunable hyper-parameters, for a fit of ``max_epochs`` epochs.
+
+        Example::
+
+            >>> from salun_lightning.methods import METHODS
+            >>> sorted(METHODS["salun"].tuning_space(masked=True))
+            ['lr', 'saliency_ratio']
+            >>> sorted(METHODS["iu"].tuning_space(masked=False))
+            ['alpha']
+        """
+        space = {"lr": cls.lr_range} if cls.lr_range is not None else {}
+        if masked:
+            space["saliency_ratio"] = SALIENCY_RATIO_RANGE
+        return {**space, **cls.Hyperparameters.search_space()}
 
     # ----------------------------------------------------------------------------------------- construction
     def prepare(self, net: nn.Module) -> nn.Module:

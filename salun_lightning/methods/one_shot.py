@@ -23,6 +23,7 @@ class OneShotMethod(ClassifierMethod):
     """A method that changes the weights once, in :meth:`update`, instead of training."""
 
     stream = "none"
+    lr_range = None  # no optimizer step: the update's own step size is a hyper-parameter
 
     def check_fit(self, trainer: Any) -> None:
         from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy

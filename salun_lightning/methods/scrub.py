@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from salun_lightning.hyperparameters import Hyperparameters, fixed, require, tunable
+from salun_lightning.hyperparameters import Hyperparameters, SearchRange, fixed, require, tunable
 from salun_lightning.methods.base import ClassifierMethod, frozen_copy, move_frozen
 
 
@@ -54,6 +54,15 @@ class Scrub(ClassifierMethod):
     name = "scrub"
     stream = "forget_retain"
     Hyperparameters = ScrubHyperparameters
+
+    @classmethod
+    def tuning_space(cls, masked: bool, max_epochs: Optional[int] = None) -> dict[str, SearchRange]:
+        """As every method's, with ``msteps`` at most the fit's epochs."""
+        space = super().tuning_space(masked, max_epochs)
+        msteps = space["msteps"]
+        if max_epochs is not None and max_epochs >= 0:
+            space["msteps"] = SearchRange(min(msteps.low, max_epochs), min(msteps.high, max_epochs), msteps.log)
+        return space
 
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
         self.teacher = frozen_copy(net)
