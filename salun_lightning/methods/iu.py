@@ -46,7 +46,7 @@ def official_recursion(v: Tensor, sample_gradients: list[Tensor], damping: float
 
 @dataclass(frozen=True)
 class InfluenceHyperparameters(Hyperparameters):
-    # The paper searched 1 to 20 on CIFAR-10; on the digits the step moves nothing below about 20 (docs/results.md).
+    # The paper searched 1 to 20 on CIFAR-10; on the digits no prediction changes below about 200 (docs/results.md).
     alpha: float = tunable(0.2, 0.1, 1000.0, log=True, doc="the step along k")
     hessian_samples: int = fixed(1000, doc="N: the recursion's damping; it reads N + 2 retain samples")
 
