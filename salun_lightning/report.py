@@ -32,7 +32,7 @@ import os
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Optional, TypeVar, Union
+from typing import IO, Any, Optional, TypeVar, Union
 
 import numpy as np
 
@@ -375,6 +375,13 @@ def _markdown_document(
 
 
 def _plot_gaps(summaries: list[_MethodSummary], retrain: str, stream: IO[bytes]) -> None:
+    _gap_figure(summaries, retrain).savefig(stream, format="png", dpi=120)
+
+
+def _gap_figure(summaries: list[_MethodSummary], retrain: str) -> Any:
+    """One panel per metric, one horizontal bar per method, each panel on its own scale (so that a 0.1-point gap
+    shows beside a 50-point one: symmetric-log where a panel spans more than two decades), the mean written at the
+    bar's end and the std over seeds as an error bar."""
     # Imported here: only the written report needs matplotlib. The Agg canvas avoids pyplot's global state.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -384,29 +391,36 @@ def _plot_gaps(summaries: list[_MethodSummary], retrain: str, stream: IO[bytes])
         groups, values, methods = (*kind.compared, GAP_COLUMN), "gaps", [s for s in summaries if s.method != retrain]
     else:
         groups, values, methods = ("UA", "retained_accuracy"), "columns", summaries
-    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    figure = Figure(figsize=(2.6 * len(groups) + 1.2, 0.35 * len(methods) + 1.6), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    width = 0.8 / max(len(methods), 1)
-    positions = np.arange(len(groups))
-    for index, summary in enumerate(methods):
-        table = getattr(summary, values)
-        means = [table[group].mean() for group in groups]
-        errors = [table[group].std(ddof=1) for group in groups] if len(summary.runs) > 1 else None
-        offset = (index - (len(methods) - 1) / 2) * width
-        axes.bar(positions + offset, means, width, yerr=errors, capsize=3, label=summary.method)
-    if methods:
-        axes.legend(title="method")
-    else:
-        axes.text(0.5, 0.5, f"only {retrain!r} runs", ha="center", va="center", transform=axes.transAxes)
-    axes.set_xticks(positions, groups)
-    if kind.compared:
-        axes.set_ylabel(f"|method - {retrain}| (percentage points)")
-        axes.set_title(f"Absolute gap to {retrain} (lower is better)")
-    else:
-        axes.set_ylabel("percent")
-        axes.set_title("Forgetting (UA) and retained-class accuracy of the generations")
-    figure.savefig(stream, format="png", dpi=120)
+    panels = figure.subplots(1, len(groups), sharey=True, squeeze=False)[0]
+    positions = np.arange(len(methods))[::-1]  # the first method on top
+    for axes, group in zip(panels, groups):
+        means = np.array([getattr(summary, values)[group].mean() for summary in methods])
+        errors = np.array([getattr(summary, values)[group].std(ddof=1) if len(summary.runs) > 1 else 0.0
+                           for summary in methods])
+        axes.barh(positions, means, xerr=errors if errors.any() else None, capsize=2, color="tab:blue")
+        for position, mean, error in zip(positions, means, errors):
+            axes.annotate(f"{mean:.2f}", (mean + error, position), xytext=(3, 0), textcoords="offset points",
+                          va="center", fontsize=7)
+        top = float(np.max(means + errors)) if len(means) else 1.0
+        positive = means[means > 0]
+        if len(positive) and top > 100 * positive.min():  # gaps of 0.1 and of 50 in one panel: both readable
+            axes.set_xscale("symlog", linthresh=max(float(positive.min()), 0.01))
+            axes.set_xlim(0, top * 3)
+        else:
+            axes.set_xlim(0, top * 1.35 if top > 0 else 1.0)
+        axes.set_title(group if not kind.compared else f"|{group} - {retrain}|" if group != GAP_COLUMN else group,
+                       fontsize=9)
+        axes.tick_params(labelsize=7)
+        axes.grid(alpha=0.3, axis="x")
+    panels[0].set_yticks(positions, [summary.method for summary in methods])
+    if not methods:
+        panels[0].text(0.5, 0.5, f"only {retrain!r} runs", ha="center", va="center", transform=panels[0].transAxes)
+    figure.suptitle(f"Absolute gap to {retrain} per metric, each panel on its own scale (lower is better)"
+                    if kind.compared else "Forgetting (UA) and retained-class accuracy of the generations",
+                    fontsize=10)
+    return figure
 
 
 def build_report(
@@ -433,8 +447,9 @@ def build_report(
     Args:
         run_dirs: run directories, each holding a ``metrics.json`` (and usually a ``forget_set.json``); other
             entries are skipped.
-        out_dir: if given, ``report.md`` and ``report.png`` (a bar chart of each method's absolute gap to
-            retrain for UA, RA, TA, MIA and Avg. Gap) are written there atomically; the folder is created.
+        out_dir: if given, ``report.md`` and ``report.png`` (each method's absolute gap to retrain for UA, RA, TA,
+            MIA and Avg. Gap, one panel per metric on its own scale) are written there atomically; the folder is
+            created.
         retrain: method name of the reference runs.
         allow_mixed_forget_sets: compare runs of different forget sets on purpose: the report is built and
             ``report.md`` carries a warning saying how they differ.

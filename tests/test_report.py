@@ -523,3 +523,17 @@ def test_rte_must_otherwise_be_a_finite_number(tmp_path, value):
     run = write_run(tmp_path, "retrain", "retrain", 0, 5, 100, 94, 12, value)
     with pytest.raises(ValueError, match=re.escape(f"{run / 'metrics.json'}: 'RTE' must be a finite number")):
         build_report([run])
+
+
+def test_the_plot_has_a_panel_per_metric_each_on_its_own_scale(tmp_path):
+    runs = [write_run(tmp_path, "r", "retrain", 0, 5, 100, 94, 12, 40),
+            write_run(tmp_path, "f", "ft", 0, 55, 100, 94, 12, 2),  # UA 50 points off
+            write_run(tmp_path, "s", "salun", 0, 5, 99.9, 94, 12, 2)]  # RA 0.1 point off
+    loaded, _ = report._read_runs(runs)
+    figure = report._gap_figure(report._summarise(loaded, "retrain"), "retrain")
+    panels = {axes.get_title(): axes for axes in figure.axes}
+    assert sorted(panels) == sorted(["|UA - retrain|", "|RA - retrain|", "|TA - retrain|", "|MIA - retrain|",
+                                     "Avg. Gap"])
+    assert sorted(label.get_text() for label in panels["|UA - retrain|"].get_yticklabels()) == ["ft", "salun"]
+    assert panels["|UA - retrain|"].get_xlim()[1] > 50
+    assert 0.1 < panels["|RA - retrain|"].get_xlim()[1] < 0.2  # a 0.1-point gap fills most of its panel
