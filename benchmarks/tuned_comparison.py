@@ -19,11 +19,13 @@ seed), and the box plots of each regime's trial spread (``--plots``).
     python benchmarks/tuned_comparison.py [--regimes digits_random10 digits_class] [--methods all] [--trials 20]
         [--epochs 5] [--tune-seed 0] [--eval-seeds 1 2] [--out runs/tuned] [--json docs/results/tuned_comparison.json]
         [--plots docs/images]
+    python benchmarks/tuned_comparison.py --json docs/results/tuned_comparison.json --write-configs configs/digits/tuned
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import platform
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 
 from salun_lightning.files import write_json
 from salun_lightning.methods import METHODS
@@ -57,6 +60,37 @@ def method_args(name: str, epochs: int) -> list[str]:
     return [method, *options]
 
 
+def write_configs(summary: dict, folder: Path, date: str) -> list[Path]:
+    """``<folder>/<scenario>/<method>.yaml`` for every digits regime's tuned method (``<method>+mask`` as
+    ``<method>_masked.yaml``): the method's config, the scenario's forget set and the chosen values, with a header
+    saying where they came from."""
+    written = []
+    budget = summary["budget"]
+    for regime in DIGITS:
+        scenario = regime.split("_", 1)[1]
+        forget = yaml.safe_load((ROOT / "configs" / "digits" / "forget" / f"{scenario}.yaml").read_text())
+        for name, row in summary["regimes"].get(regime, {}).items():
+            method, *options = method_args(name, budget["epochs"])
+            lines = [
+                f"# {name} on the digits, {scenario}: tuned at an equal budget by benchmarks/tuned_comparison.py ({date}):",
+                f"# {budget['trials']} Optuna TPE trials on seed {summary['tune_seed']} against that seed's retrain, "
+                f"{budget['epochs']} epochs per trial (one-shot methods: their one update);",
+                f"# Avg. Gap on seeds {', '.join(map(str, summary['seeds']))}: {row['avg_gap_mean']:.2f} ± "
+                f"{row['avg_gap_std']:.2f} (docs/results.md, 'Every method tuned at an equal budget').",
+                f"# Run: salun fit --config configs/digits/tuned/{scenario}/{name.replace('+mask', '_masked')}.yaml",
+                f"config: ../../{method}.yaml",
+                *[option.removeprefix("--").replace("=", ": ", 1) for option in options
+                  if option.split("=", 1)[0] not in {fit_option(k) for k in row["params"]}],
+                *[f"{fit_option(k).removeprefix('--')}: {v!r}" for k, v in row["params"].items()],
+                *[f"data.init_args.{k}: {'null' if v is None else v}" for k, v in forget["data"]["init_args"].items()],
+            ]
+            path = folder / scenario / f"{name.replace('+mask', '_masked')}.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(lines) + "\n")
+            written.append(path)
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regimes", nargs="+", choices=(*DIGITS, *MEMORISING), default=list(DIGITS))
@@ -68,8 +102,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/tuned"))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plots", type=Path, default=None, help="write <regime>_spread.png here")
+    parser.add_argument("--write-configs", type=Path, default=None,
+                        help="write the digits regimes' tuned configs here (configs/digits/tuned) and stop")
     args = parser.parse_args()
     names = (*UNLEARNING, *PLUG_INS) if "all" in args.methods else tuple(args.methods)
+    if args.write_configs is not None:
+        summary = json.loads(args.json.read_text())
+        for path in write_configs(summary, args.write_configs, summary.get("date", "")):
+            print(f"wrote {path}")
+        return
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).parent))
@@ -89,7 +130,8 @@ def main() -> None:
         return (ROOT / "configs" / "cifar10", scenario,
                 lambda root, seed: common_args(subset, root, seed, "small_resnet_w32"), training_schedule(60))
 
-    summary: dict = {"budget": {"trials": args.trials, "epochs": args.epochs}, "seeds": args.eval_seeds,
+    summary: dict = {"date": datetime.date.today().isoformat(),
+                     "budget": {"trials": args.trials, "epochs": args.epochs}, "seeds": args.eval_seeds,
                      "tune_seed": args.tune_seed, "machine": f"{platform.machine()}, 1 thread, torch {torch.__version__}",
                      "regimes": {}}
     if args.json is not None and args.json.is_file():
