@@ -145,7 +145,7 @@ def make_plan(fit_args: Sequence[str], narrowings: Sequence[str]) -> Plan:
                          f"{type(model).__name__}.")
     unit = model.method
     epochs = cli.trainer.max_epochs
-    masked = model.saliency_ratio is not None or model.hparams.mask_path is not None
+    masked = model.saliency_ratio is not None and model.hparams.mask_path is None  # a given mask has its own ratio
     space = parse_space(narrowings, unit.tuning_space(masked, epochs))
     if not space:
         raise ValueError(f"method {unit.name!r} has nothing to tune.")
@@ -205,7 +205,7 @@ def recover_interrupted(study: Any) -> list[int]:
         stale = (trial.state == TrialState.RUNNING and trial.user_attrs.get("host") == host
                  and not _pid_alive(int(trial.user_attrs.get("pid", -1))))
         if stale:
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            study.tell(trial.number, state=TrialState.FAIL)
         cut_off = stale or (trial.state == TrialState.FAIL and "error" not in trial.user_attrs)
         if cut_off and trial.number not in queued and trial.params:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
@@ -304,8 +304,7 @@ def tune(fit_args: Sequence[str], study_dir: Path, trials: int, reference_dir: O
 
     remaining = trials - counted(study.trials)
     if remaining > 0:
-        study.optimize(lambda trial: run_trial(trial, plan, study_dir, objective, reference),
-                       n_trials=remaining + len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))),
+        study.optimize(lambda trial: run_trial(trial, plan, study_dir, objective, reference), n_trials=remaining,
                        catch=(Exception,), callbacks=[stop_when_spent])
     write_summary(study, study_dir, objective)
     return study

@@ -192,3 +192,23 @@ def test_the_method_page_lists_every_methods_search_space():
             found = re.search(rf"`{tuned}` ([\d.e+-]+) to ([\d.e+-]+)(, log)?", rows[name])
             assert found, (name, tuned)
             assert (float(found[1]), float(found[2]), bool(found[3])) == (bounds.low, bounds.high, bounds.log)
+
+
+def test_a_trial_whose_process_died_runs_again_with_its_values(runs, tmp_path, monkeypatch, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    study_dir = tmp_path / "study"
+    tune(rl_args(runs), study_dir, trials=1, reference_dir=runs["retrain"])
+    study = optuna.load_study(study_name="study", storage=f"sqlite:///{study_dir / 'study.db'}")
+    killed = study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)})  # left RUNNING
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    killed.set_user_attr("host", socket.gethostname())
+    killed.set_user_attr("pid", gone.pid)
+    calls = counting_fits(monkeypatch)
+    study = tune(rl_args(runs), study_dir, trials=2, reference_dir=runs["retrain"])
+    assert "trial 1 was cut off" in capsys.readouterr().out
+    assert len(calls) == 1 and study.trials[1].state == optuna.trial.TrialState.FAIL
+    assert study.trials[2].params == killed.params and study.trials[2].value is not None
