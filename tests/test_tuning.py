@@ -212,3 +212,18 @@ def test_a_trial_whose_process_died_runs_again_with_its_values(runs, tmp_path, m
     assert "trial 1 was cut off" in capsys.readouterr().out
     assert len(calls) == 1 and study.trials[1].state == optuna.trial.TrialState.FAIL
     assert study.trials[2].params == killed.params and study.trials[2].value is not None
+
+
+def test_the_tuned_digits_configs_carry_the_recorded_choices_and_their_forget_set():
+    from tests.test_cli import parsed
+
+    recorded = json.loads((CONFIGS.parents[1] / "docs" / "results" / "tuned_comparison.json").read_text())
+    for scenario in ("random10", "class"):
+        forget = yaml.safe_load((CONFIGS / "forget" / f"{scenario}.yaml").read_text())["data"]["init_args"]
+        for name, row in recorded["regimes"][f"digits_{scenario}"].items():
+            config = parsed(f"digits/tuned/{scenario}/{name.replace('+mask', '_masked')}.yaml")
+            model = config["model"]["init_args"]
+            assert model["method"] == name.removesuffix("+mask")
+            for key, value in row["params"].items():
+                assert (model[key] if key in ("lr", "saliency_ratio") else model["method_args"][key]) == value
+            assert {k: config["data"]["init_args"][k] for k in forget} == forget
