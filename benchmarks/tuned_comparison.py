@@ -102,6 +102,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/tuned"))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plots", type=Path, default=None, help="write <regime>_spread.png here")
+    parser.add_argument("--memorising-epochs", type=int, default=60,
+                        help="the memorising regime's original and retrain epochs (memorising.py's 60)")
+    parser.add_argument("--memorising-per-class", type=int, nargs=2, default=[250, 100], metavar=("TRAIN", "TEST"),
+                        help="the memorising regime's CIFAR-10 images per class (memorising.py's 250 100)")
     parser.add_argument("--write-configs", type=Path, default=None,
                         help="write the digits regimes' tuned configs here (configs/digits/tuned) and stop")
     args = parser.parse_args()
@@ -126,9 +130,11 @@ def main() -> None:
         from cifar_subset import build_subset
         from memorising import common_args, training_schedule
 
-        subset = build_subset(args.out / "memorising_data", 250, 100)
+        train, test = args.memorising_per_class
+        subset = build_subset(args.out / f"memorising_data_{train}_{test}", train, test)
         return (ROOT / "configs" / "cifar10", scenario,
-                lambda root, seed: common_args(subset, root, seed, "small_resnet_w32"), training_schedule(60))
+                lambda root, seed: common_args(subset, root, seed, "small_resnet_w32"),
+                training_schedule(args.memorising_epochs))
 
     summary: dict = {"date": datetime.date.today().isoformat(),
                      "budget": {"trials": args.trials, "epochs": args.epochs}, "seeds": args.eval_seeds,
