@@ -556,3 +556,26 @@ def test_the_sequential_stream_batches_each_block_on_its_own(tmp_path, replicas)
         assert sizes[boundary - 1] == share_f - 64 * (boundary - 1)  # D_f's short last batch
         assert sizes[-1] == share_r - 64 * (len(sizes) - boundary - 1)  # D_r's
         assert sum(sizes) == share_f + share_r
+
+
+def test_excluded_indices_are_in_no_part_and_change_the_forget_sets_identity(tmp_path):
+    labels = torch.arange(100) % 10
+    excluded = [0, 5, 17, 42, 99]
+    for scenario in ({"forget_fraction": 0.2}, {"forget_class": 3}, {"forget_indices": [1, 2, 3]}):
+        split = make_split(labels, seed=0, val_size=10, exclude_indices=excluded, **scenario)
+        parts = [set(part.tolist()) for part in (split.forget, split.retain, split.val)]
+        assert not set(excluded) & set().union(*parts)
+        assert sum(map(len, parts)) == 95 and set().union(*parts, excluded) == set(range(100))
+        assert split.excluded.tolist() == excluded
+    with pytest.raises(ValueError, match="2 indices are both to forget and excluded"):
+        make_split(labels, seed=0, forget_indices=[0, 1, 5], exclude_indices=excluded)
+    with pytest.raises(ValueError, match=r"excluded indices \(exclude_indices_file\) out of range"):
+        make_split(labels, seed=0, forget_fraction=0.1, exclude_indices=[100])
+    (tmp_path / "held_out.txt").write_text("\n".join(map(str, excluded)))
+    data = UnlearningDataModule("digits", forget_fraction=0.1, exclude_indices_file=str(tmp_path / "held_out.txt"))
+    plain = UnlearningDataModule("digits", forget_fraction=0.1)
+    data.setup("test"), plain.setup("test")
+    assert not set(excluded) & set(data.split.forget.tolist() + data.split.retain.tolist())
+    assert data.forget_set_id != plain.forget_set_id
+    with pytest.raises(FileNotFoundError, match="exclude_indices_file .* to hold out of every split"):
+        UnlearningDataModule("digits", forget_fraction=0.1, exclude_indices_file=str(tmp_path / "no.txt")).setup("x")

@@ -288,6 +288,9 @@ class UnlearningDataModule(ImageSourceDataModule):
         forget_count: random scenario: number of samples to forget (instead of ``forget_fraction``).
         forget_class: class scenario: the class name or index to forget.
         forget_indices_file: indices scenario: training-set indices to forget, one per line or a JSON list.
+        exclude_indices_file: training-set indices left out of every split (never trained on, forgotten or
+            validated), in the same format; U-LiRA's audits hold their "never seen" examples out with it. It is part
+            of the forget set's identity.
         val_size: validation hold-out from the training set: a count (int) or a fraction of it (float in [0, 1)).
             The paper holds out 5,000 of CIFAR-10's 50,000. Default 0 (no validation).
         seed: seed of the hold-out, of the random forget set and of the training shuffles.
@@ -342,6 +345,7 @@ class UnlearningDataModule(ImageSourceDataModule):
         forget_count: Optional[int] = None,
         forget_class: Optional[Union[int, str]] = None,
         forget_indices_file: Optional[str] = None,
+        exclude_indices_file: Optional[str] = None,
         val_size: Union[int, float] = 0,
         seed: int = 0,
         stream: Optional[Literal["full", "retain", "forget", "forget_retain", "paired", "none"]] = None,
@@ -397,7 +401,8 @@ class UnlearningDataModule(ImageSourceDataModule):
     def forget_set_id(self) -> str:
         """The identity of the forget set (:func:`~salun_lightning.data.splits.forget_set_id`); draws the splits."""
         self._draw_split()
-        return forget_set_id(self.hparams.dataset, len(self._load().train_labels), self._split().forget)
+        split = self._split()
+        return forget_set_id(self.hparams.dataset, len(self._load().train_labels), split.forget, split.excluded)
 
     @property
     def forget_set_description(self) -> str:
@@ -455,7 +460,8 @@ class UnlearningDataModule(ImageSourceDataModule):
 
     def run_inputs(self) -> dict[str, Optional[str]]:
         """The files this data module reads during a fit (a fit refuses a run directory that holds one of them)."""
-        return {"forget_indices_file": self.hparams.forget_indices_file, "data_path": self.hparams.data_path}
+        return {"forget_indices_file": self.hparams.forget_indices_file,
+                "exclude_indices_file": self.hparams.exclude_indices_file, "data_path": self.hparams.data_path}
 
     def _check_model(self, model: Any) -> None:
         """Refuse a model that would train on the wrong stream or meet labels beyond its classes (before any work)."""
@@ -485,6 +491,8 @@ class UnlearningDataModule(ImageSourceDataModule):
                 forget_count=hp.forget_count,
                 forget_class=self.forget_class_index,
                 forget_indices=forget_indices,
+                exclude_indices=(read_indices_file(hp.exclude_indices_file, "exclude_indices_file")
+                                 if hp.exclude_indices_file is not None else None),
             )
             if hp.mean is not None and len(hp.mean) != data.train_images.shape[1]:
                 raise ValueError(
@@ -648,6 +656,8 @@ class UnlearningDataModule(ImageSourceDataModule):
             "count": len(forget),
             "run_id": run_id,
         }
+        if len(self._split().excluded):
+            record["excluded"] = len(self._split().excluded)  # held out of every split
         write_forget_set(directory, record, forget.tolist())
 
 

@@ -1,6 +1,8 @@
 """Seeded training-set splits: validation hold-out, forget set D_f and retain set D_r.
 
-Every index refers to the full training set of the source. The three parts are disjoint and together cover it.
+Every index refers to the full training set of the source. The three parts are disjoint and together cover it, but
+for the indices a split excludes (``exclude_indices``: samples no part holds, never trained on, forgotten or
+validated; the "never seen" examples of an audit).
 
 A float ``val_size`` is a fraction of the full training set, an int a count.
 
@@ -19,7 +21,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -29,11 +31,12 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Split:
-    """Sorted int64 index tensors into the full training set."""
+    """Sorted int64 index tensors into the full training set (``excluded``: in no part)."""
 
     forget: Tensor
     retain: Tensor
     val: Tensor
+    excluded: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
 
 def resolve_class(forget_class: Union[int, str], class_names: Sequence[str]) -> int:
@@ -60,7 +63,7 @@ def resolve_class(forget_class: Union[int, str], class_names: Sequence[str]) -> 
     return index
 
 
-def read_indices_file(path: Union[str, Path]) -> list[int]:
+def read_indices_file(path: Union[str, Path], option: str = "forget_indices_file") -> list[int]:
     """Read a deletion request: a JSON list of ints, or one int per line (blank lines are skipped).
 
     Raises:
@@ -69,9 +72,10 @@ def read_indices_file(path: Union[str, Path]) -> list[int]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
+        what = "to forget" if option == "forget_indices_file" else "to hold out of every split"
         raise FileNotFoundError(
-            f"forget_indices_file {path} does not exist; it should hold the training-set indices to forget, "
-            f"one per line or as a JSON list."
+            f"{option} {path} does not exist; it should hold the training-set indices {what}, one per line or as a "
+            "JSON list."
         )
     text = path.read_text()
     if text.lstrip().startswith("["):
@@ -115,14 +119,17 @@ def make_split(
     forget_count: Optional[int] = None,
     forget_class: Optional[int] = None,
     forget_indices: Optional[Sequence[int]] = None,
+    exclude_indices: Optional[Sequence[int]] = None,
 ) -> Split:
     """Split a training set with labels ``labels`` into forget, retain and validation parts.
 
     Exactly one scenario is given: ``forget_fraction`` or ``forget_count`` (random), ``forget_class`` (a class
-    index), or ``forget_indices`` (a deletion request). The same arguments always give the same split.
+    index), or ``forget_indices`` (a deletion request). ``exclude_indices`` are left out of every part first (the
+    random draws then come from the other samples). The same arguments always give the same split.
 
     Raises:
-        ValueError: for indices out of range or repeated, or an empty forget or retain set.
+        ValueError: for indices out of range or repeated, a forget index that is also excluded, or an empty forget
+            or retain set.
 
     Example::
 
@@ -132,20 +139,28 @@ def make_split(
     """
     total = len(labels)
     generator = torch.Generator().manual_seed(seed)
-    everything = torch.arange(total)
+    in_exclusion = torch.zeros(total, dtype=torch.bool)
+    if exclude_indices is not None and len(exclude_indices) > 0:
+        _check_indices(exclude_indices, total, "exclude_indices_file")
+        in_exclusion[torch.as_tensor(list(exclude_indices), dtype=torch.int64)] = True
+    everything = torch.arange(total)[~in_exclusion]
     if forget_indices is not None:
         _check_indices(forget_indices, total)
         requested = torch.as_tensor(list(forget_indices), dtype=torch.int64)
+        both = sorted(set(requested.tolist()) & set(torch.nonzero(in_exclusion).flatten().tolist()))
+        if both:
+            raise ValueError(f"{len(both)} indices are both to forget and excluded (e.g. {both[:5]}): a sample is "
+                             "either trained on (and forgotten) or never seen; remove them from one of the files.")
         in_request = torch.zeros(total, dtype=torch.bool)
         in_request[requested] = True
-        candidates = everything[~in_request]
+        candidates = everything[~in_request[everything]]
         val = _draw(candidates, hold_out_count(val_size, total, len(candidates)), generator)
         forget = requested
     else:
-        val = _draw(everything, hold_out_count(val_size, total, total), generator)
+        val = _draw(everything, hold_out_count(val_size, total, len(everything)), generator)
         in_val = torch.zeros(total, dtype=torch.bool)
         in_val[val] = True
-        remaining = everything[~in_val]
+        remaining = everything[~in_val[everything]]
         if forget_class is not None:
             forget = remaining[labels[remaining] == forget_class]
             what = f"forget_class={forget_class}"
@@ -166,36 +181,39 @@ def make_split(
     in_forget_or_val = torch.zeros(total, dtype=torch.bool)
     in_forget_or_val[forget] = True
     in_forget_or_val[val] = True
-    retain = everything[~in_forget_or_val]
+    retain = everything[~in_forget_or_val[everything]]
     if len(retain) == 0:
         raise ValueError(
             f"the retain set is empty: the forget set ({len(forget)}) and the validation hold-out ({len(val)}) take "
             f"all {total} training samples; forget fewer samples or lower val_size."
         )
-    return Split(forget.sort().values, retain, val.sort().values)
+    return Split(forget.sort().values, retain, val.sort().values, torch.nonzero(in_exclusion).flatten())
 
 
 def _draw(pool: Tensor, count: int, generator: torch.Generator) -> Tensor:
     return pool[torch.randperm(len(pool), generator=generator)[:count]]
 
 
-def _check_indices(indices: Sequence[int], total: int) -> None:
+def _check_indices(indices: Sequence[int], total: int, option: str = "forget_indices_file") -> None:
+    kind = "forget" if option == "forget_indices_file" else "excluded"
     if len(indices) == 0:
         raise ValueError("the forget set is empty: the deletion request (forget_indices_file) lists no index.")
     out_of_range = [i for i in indices if not 0 <= i < total]
     if out_of_range:
         shown = ", ".join(str(i) for i in out_of_range[:10]) + (", ..." if len(out_of_range) > 10 else "")
         raise ValueError(
-            f"forget indices out of range for a training set of {total} samples (valid: 0..{total - 1}): {shown}."
+            f"{kind} indices ({option}) out of range for a training set of {total} samples (valid: 0..{total - 1}): "
+            f"{shown}."
         )
     repeated = sorted(i for i, n in Counter(indices).items() if n > 1)
     if repeated:
         shown = ", ".join(str(i) for i in repeated[:10]) + (", ..." if len(repeated) > 10 else "")
-        raise ValueError(f"forget indices repeated ({len(repeated)} indices appear more than once): {shown}.")
+        raise ValueError(f"{kind} indices ({option}) repeated ({len(repeated)} indices appear more than once): {shown}.")
 
 
-def forget_set_id(dataset: str, train_size: int, forget: Tensor) -> str:
-    """The identity of a forget set: a sha256 over the data set's name and size and the sorted forget indices.
+def forget_set_id(dataset: str, train_size: int, forget: Tensor, excluded: Optional[Tensor] = None) -> str:
+    """The identity of a forget set: a sha256 over the data set's name and size and the sorted forget indices (and
+    the excluded indices, when a split has any: the same forget set beside another exclusion is another experiment).
 
     Two runs forget the same samples exactly when their ids are equal; mask files and reports compare ids.
 
@@ -206,4 +224,6 @@ def forget_set_id(dataset: str, train_size: int, forget: Tensor) -> str:
     """
     digest = hashlib.sha256(f"{dataset}:{train_size}:".encode())
     digest.update(forget.to(torch.int64).sort().values.numpy().tobytes())
+    if excluded is not None and len(excluded) > 0:
+        digest.update(b":excluded:" + excluded.to(torch.int64).sort().values.numpy().tobytes())
     return "sha256:" + digest.hexdigest()
