@@ -1,5 +1,5 @@
-"""The ``salun`` command: LightningCLI for every experiment, plus ``mask``, ``tune``, ``report``, ``curves``,
-``sample``, ``generate`` and ``nudity``.
+"""The ``salun`` command: LightningCLI for every experiment, plus ``mask``, ``tune``, ``audit``, ``report``,
+``curves``, ``sample``, ``generate`` and ``nudity``.
 
 All commands live here. ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's: the data module's class
 count, image shape, class names and forgotten class are linked into the model's constructor, and the model's
@@ -130,6 +130,13 @@ def tune_main(argv: Sequence[str]) -> None:
     from salun_lightning.tuning import main as tune
 
     tune(argv)
+
+
+def audit_main(argv: Sequence[str]) -> None:
+    """``salun audit``: see :mod:`salun_lightning.audit` (imported only when it runs)."""
+    from salun_lightning.audit import main as audit
+
+    audit(argv)
 
 
 def report_main(argv: Sequence[str]) -> None:
@@ -480,6 +487,8 @@ COMMANDS: dict[str, Command] = {
     "predict": Command("run the predict stage"),
     "mask": Command("compute the weight saliency mask of a config's model and forget set, without training", mask_main),
     "tune": Command("tune a method's hyper-parameters with Optuna against a reference run (resumable)", tune_main),
+    "audit": Command("U-LiRA: can a per-sample attack tell a method's forgotten samples from never-seen ones?",
+                     audit_main),
     "report": Command("compare runs against retraining (markdown table and chart)", report_main),
     "curves": Command("plot a run's logged curves (loss, accuracy, ...) into <run>/curves.png", curves_main),
     "sample": Command("generate images with a diffusion run's denoiser", sample_main),

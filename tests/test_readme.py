@@ -32,6 +32,7 @@ TINY = {
     "sample": ["--steps", "2", "--num-per-class", "1"],
 }
 TINY["tune"] = ["--trials", "2", *TINY["fit"]]  # the last --trials counts
+TINY["audit"] = ["--runs", "8", "--audit-size", "20", *(f"--all-fits={option}" for option in TINY["fit"])]
 
 
 def bash_blocks(path: Path) -> list[str]:

@@ -1,9 +1,9 @@
 """U-LiRA: a per-example likelihood-ratio attack that tells "trained on, then unlearned" from "never seen"
 (Hayes et al., *Inexact Unlearning Needs More Careful Evaluations to Avoid a False Sense of Privacy*, SaTML 2025).
 
-The protocol: ``K`` shadow runs share a fixed audit set; in run ``k`` every
-audit example is in the training set with probability 1/2 and, when it is, in the forget set of the method under
-test. After unlearning, each run's model gives every audit example its logit-scaled confidence
+The protocol (docs/method.md, 'U-LiRA: a per-sample attack'): ``K`` shadow runs share a fixed audit set; in run
+``k`` every audit example is in the training set with probability 1/2 and, when it is, in the forget set of the
+method under test. After unlearning, each run's model gives every audit example its logit-scaled confidence
 :func:`logit_confidence`. :func:`likelihood_ratio_scores` then treats each run in turn as the target: from the other
 runs it fits, per example, one Gaussian to the confidences of the runs that forgot it and one to those of the runs
 that never saw it, and scores the target's confidence by the log-ratio of the two densities. :func:`attack_metrics`
