@@ -53,7 +53,7 @@ def main() -> None:
         row = summary["models"][name]
         print(f"{name}: balanced accuracy {row['balanced_accuracy']:.3f}, AUC {row['auc']:.3f} "
               f"({minutes[name]:.1f} min)", flush=True)
-    print(f"\n| model | balanced accuracy | per-run spread | AUC | TPR at 1% FPR | TPR at 0.1% FPR |\n"
+    print("\n| model | balanced accuracy | per-run spread | AUC | TPR at 1% FPR | TPR at 0.1% FPR |\n"
           "| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, row in sorted(summary["models"].items(), key=lambda item: item[1]["balanced_accuracy"]):
         print(f"| {name} | {row['balanced_accuracy']:.3f} | ± {row['balanced_accuracy_per_run_std']:.3f} | "

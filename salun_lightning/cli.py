@@ -1,5 +1,5 @@
-"""The ``salun`` command: LightningCLI for every experiment, plus ``mask``, ``tune``, ``audit``, ``report``,
-``curves``, ``sample``, ``generate`` and ``nudity``.
+"""The ``salun`` command: LightningCLI for every experiment, plus ``mask``, ``tune``, ``audit``,
+``relearn``, ``report``, ``curves``, ``sample``, ``generate`` and ``nudity``.
 
 All commands live here. ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's: the data module's class
 count, image shape, class names and forgotten class are linked into the model's constructor, and the model's
@@ -137,6 +137,13 @@ def audit_main(argv: Sequence[str]) -> None:
     from salun_lightning.audit import main as audit
 
     audit(argv)
+
+
+def relearn_main(argv: Sequence[str]) -> None:
+    """``salun relearn``: see :mod:`salun_lightning.relearn` (imported only when it runs)."""
+    from salun_lightning.relearn import main as relearn
+
+    relearn(argv)
 
 
 def report_main(argv: Sequence[str]) -> None:
@@ -489,6 +496,8 @@ COMMANDS: dict[str, Command] = {
     "tune": Command("tune a method's hyper-parameters with Optuna against a reference run (resumable)", tune_main),
     "audit": Command("U-LiRA: can a per-sample attack tell a method's forgotten samples from never-seen ones?",
                      audit_main),
+    "relearn": Command("the relearning attack: does fine-tuning bring a run's forgotten data back faster than "
+                       "retrain's?", relearn_main),
     "report": Command("compare runs against retraining (markdown table and chart)", report_main),
     "curves": Command("plot a run's logged curves (loss, accuracy, ...) into <run>/curves.png", curves_main),
     "sample": Command("generate images with a diffusion run's denoiser", sample_main),

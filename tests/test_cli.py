@@ -203,11 +203,12 @@ def test_main_prints_a_user_error_in_one_line_and_debug_shows_the_traceback(tmp_
 def test_help_lists_every_command(capsys):
     run(["--help"])
     out = capsys.readouterr().out
-    for command in ("fit", "validate", "test", "predict", "mask", "tune", "audit", "report", "curves", "sample",
-                    "generate", "nudity"):
+    for command in ("fit", "validate", "test", "predict", "mask", "tune", "audit", "relearn", "report", "curves",
+                    "sample", "generate", "nudity"):
         assert f"\n  {command} " in out
     with pytest.raises(ValueError, match=r"unknown command 'sampel'; the commands are fit, validate, test, predict, "
-                                         r"mask, tune, audit, report, curves, sample, generate, nudity \(salun --help"):
+                                         r"mask, tune, audit, relearn, report, curves, sample, generate, nudity "
+                                         r"\(salun --help"):
         run(["sampel"])
 
 

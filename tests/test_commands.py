@@ -62,8 +62,8 @@ def test_an_unknown_command_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["foo"])
     err = capsys.readouterr().err
-    assert "unknown command 'foo'; the commands are fit, validate, test, predict, mask, tune, audit, report, curves, " \
-           "sample, generate, nudity" in err
+    assert "unknown command 'foo'; the commands are fit, validate, test, predict, mask, tune, audit, relearn, report, " \
+           "curves, sample, generate, nudity" in err
 
 
 def test_the_overview_does_not_wait_for_lightning():
