@@ -24,6 +24,7 @@ FPR, the per-run balanced accuracies), ``ulira_scores.json`` (every run's per-sa
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import tempfile
@@ -216,7 +217,9 @@ def summarise(out: Path, settings: dict[str, Any], statistics_by_model: dict[str
 
 def plot_roc(scores_by_model: dict[str, np.ndarray], included: np.ndarray, settings: dict[str, Any],
              path: Path) -> Path:
-    """The ROC of each model's attack on log axes (low false-positive rates matter), the diagonal for chance."""
+    """The ROC of each model's attack on log axes (low false-positive rates matter), retrain dashed, the diagonal
+    for chance."""
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from sklearn.metrics import roc_curve
@@ -224,10 +227,12 @@ def plot_roc(scores_by_model: dict[str, np.ndarray], included: np.ndarray, setti
     figure = Figure(figsize=(5, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
+    colors = itertools.cycle(colormaps["tab20"].colors)  # many methods in one audit: twenty distinct colours
     for name, scores in scores_by_model.items():
         kept = np.isfinite(scores)
         false_positive, true_positive, _ = roc_curve(included[kept], scores[kept])
-        axes.plot(np.maximum(false_positive, 1e-4), np.maximum(true_positive, 1e-4), label=name)
+        style = {"color": "k", "linestyle": "--"} if name == "retrain" else {"color": next(colors)}
+        axes.plot(np.maximum(false_positive, 1e-4), np.maximum(true_positive, 1e-4), label=name, **style)
     axes.plot([1e-4, 1], [1e-4, 1], "k:", label="chance")
     axes.set(xscale="log", yscale="log", xlabel="false positive rate (never seen called forgotten)",
              ylabel="true positive rate")
