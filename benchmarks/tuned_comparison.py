@@ -106,6 +106,8 @@ def main() -> None:
                         help="the memorising regime's original and retrain epochs (memorising.py's 60)")
     parser.add_argument("--memorising-per-class", type=int, nargs=2, default=[250, 100], metavar=("TRAIN", "TEST"),
                         help="the memorising regime's CIFAR-10 images per class (memorising.py's 250 100)")
+    parser.add_argument("--sampler", default="tpe", choices=("tpe", "random"),
+                        help="random: uniform trials over each space, to measure the spread (Figure 2(b))")
     parser.add_argument("--write-configs", type=Path, default=None,
                         help="write the digits regimes' tuned configs here (configs/digits/tuned) and stop")
     args = parser.parse_args()
@@ -136,7 +138,7 @@ def main() -> None:
                 lambda root, seed: common_args(subset, root, seed, "small_resnet_w32"),
                 training_schedule(args.memorising_epochs))
 
-    summary: dict = {"date": datetime.date.today().isoformat(),
+    summary: dict = {"date": datetime.date.today().isoformat(), "sampler": args.sampler,
                      "budget": {"trials": args.trials, "epochs": args.epochs}, "seeds": args.eval_seeds,
                      "tune_seed": args.tune_seed, "machine": f"{platform.machine()}, 1 thread, torch {torch.__version__}",
                      "regimes": {}}
@@ -164,7 +166,8 @@ def main() -> None:
                            "--trainer.enable_progress_bar=false", *options]
             study = tune(["--config", str(configs / f"{method}.yaml"), "--config",
                           str(configs / "forget" / f"{scenario}.yaml"), *tuning_args],
-                         studies / name, args.trials, references[args.tune_seed], Objective("avg_gap"))
+                         studies / name, args.trials, references[args.tune_seed], Objective("avg_gap"),
+                         sampler=args.sampler)
             best = study.best_trial
             overrides = [f"{fit_option(k)}={v}" for k, v in best.params.items()]
             runs = {}

@@ -49,6 +49,9 @@ from salun_lightning.runs import CONFIG_FILENAME, METRICS_FILENAME, is_incomplet
 DIRECTIONS = {"avg_gap": "minimize", "UA": "maximize", "RA": "maximize", "TA": "maximize", "MIA": "maximize",
               "RTE": "minimize"}
 STORAGE_FILENAME = "study.db"
+# How trials are proposed: Optuna's TPE (the default: it concentrates trials near the best values found) or uniform
+# random draws over the space (to measure how a method's results spread over its whole space).
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}  # names in optuna.samplers
 TRIAL_PREFIX = "trial_"
 
 
@@ -262,7 +265,7 @@ def run_trial(trial: Any, plan: Plan, study_dir: Path, objective: Objective,
 
 def tune(fit_args: Sequence[str], study_dir: Path, trials: int, reference_dir: Optional[Path] = None,
          objective: Objective = Objective(), narrowings: Sequence[str] = (), storage: Optional[str] = None,
-         study_name: Optional[str] = None, sampler_seed: int = 0) -> Any:
+         study_name: Optional[str] = None, sampler_seed: int = 0, sampler: str = "tpe") -> Any:
     """Run (or resume) a study until ``trials`` trials are counted; returns the Optuna study.
 
     Raises:
@@ -273,6 +276,8 @@ def tune(fit_args: Sequence[str], study_dir: Path, trials: int, reference_dir: O
 
     if trials < 1:
         raise ValueError(f"--trials {trials}: give at least 1.")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}.")
     if objective.name == "avg_gap" and reference_dir is None:
         raise ValueError("the Avg. Gap needs a reference run: pass --reference <retrain run directory>, or choose "
                          "another --objective.")
@@ -280,14 +285,15 @@ def tune(fit_args: Sequence[str], study_dir: Path, trials: int, reference_dir: O
     reference = read_reference(reference_dir, plan.forget_set_id) if reference_dir is not None else None
     study_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(study_dir / STORAGE_FILENAME).resolve()}"
-    settings = plan.settings(objective, trials)
+    settings = {**plan.settings(objective, trials), "sampler": sampler}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=study_name or study_dir.name, load_if_exists=True,
-                                direction=objective.direction, sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+                                direction=objective.direction, sampler=getattr(optuna.samplers, SAMPLERS[sampler])(seed=sampler_seed))
     bound = study.user_attrs.get("settings")
     if bound is None:
         study.set_user_attr("settings", settings)
     else:
+        bound = {"sampler": "tpe", **bound}  # studies made before the choice existed used TPE
         differs = sorted(key for key in settings if key != "trials" and bound.get(key) != settings[key])
         if differs:
             raise ValueError(f"the study {study.study_name!r} at {storage} was made with other {', '.join(differs)}; "
@@ -360,8 +366,11 @@ def main(argv: Sequence[str]) -> None:
                         help="an Optuna storage URL (default sqlite:///<study>/study.db); a database server lets "
                         "several machines run trials of one study")
     parser.add_argument("--study-name", default=None, help="the study's name in the storage (default: the folder's)")
-    parser.add_argument("--sampler-seed", type=int, default=0, help="the TPE sampler's seed (default 0)")
+    parser.add_argument("--sampler", default="tpe", choices=tuple(SAMPLERS),
+                        help="tpe (default: searches near the best values found) or random (uniform over the space, "
+                        "to measure a method's spread)")
+    parser.add_argument("--sampler-seed", type=int, default=0, help="the sampler's seed (default 0)")
     args, fit_args = parser.parse_known_args(argv)
     configs = [part for config in args.config for part in ("--config", config)]
     tune([*configs, *fit_args], args.study, args.trials, args.reference, Objective(args.objective, args.direction),
-         args.space, args.storage, args.study_name, args.sampler_seed)
+         args.space, args.storage, args.study_name, args.sampler_seed, args.sampler)

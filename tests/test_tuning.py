@@ -227,3 +227,13 @@ def test_the_tuned_digits_configs_carry_the_recorded_choices_and_their_forget_se
             for key, value in row["params"].items():
                 assert (model[key] if key in ("lr", "saliency_ratio") else model["method_args"][key]) == value
             assert {k: config["data"]["init_args"][k] for k in forget} == forget
+
+
+def test_the_random_sampler_draws_uniformly_and_is_bound_to_the_study(runs, tmp_path):
+    study = tune(rl_args(runs), tmp_path / "study", trials=2, reference_dir=runs["retrain"], sampler="random")
+    assert type(study.sampler).__name__ == "RandomSampler"
+    assert study.user_attrs["settings"]["sampler"] == "random"
+    with pytest.raises(ValueError, match="was made with other sampler"):
+        tune(rl_args(runs), tmp_path / "study", trials=3, reference_dir=runs["retrain"])
+    with pytest.raises(ValueError, match="--sampler grid: choose one of tpe, random"):
+        tune(rl_args(runs), tmp_path / "other", trials=1, reference_dir=runs["retrain"], sampler="grid")
