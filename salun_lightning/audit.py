@@ -34,7 +34,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from salun_lightning.files import write_atomically, write_json
+from salun_lightning.figures import new_figure, save_png
+from salun_lightning.files import write_json
 from salun_lightning.metrics.ulira import attack_metrics, likelihood_ratio_scores, logit_confidence
 from salun_lightning.runs import CONFIG_FILENAME, MODEL_FILENAME, is_incomplete
 
@@ -220,12 +221,9 @@ def plot_roc(scores_by_model: dict[str, np.ndarray], included: np.ndarray, setti
     """The ROC of each model's attack on log axes (low false-positive rates matter), retrain dashed, the diagonal
     for chance."""
     from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from sklearn.metrics import roc_curve
 
-    figure = Figure(figsize=(5, 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(5, 4.5)
     axes = figure.add_subplot()
     colors = itertools.cycle(colormaps["tab20"].colors)  # many methods in one audit: twenty distinct colours
     for name, scores in scores_by_model.items():
@@ -239,8 +237,7 @@ def plot_roc(scores_by_model: dict[str, np.ndarray], included: np.ndarray, setti
     axes.set_title(f"U-LiRA: {settings['runs']} runs, {settings['audit_size']} audit samples, seed {settings['seed']}",
                    fontsize=9)
     axes.legend(fontsize=8)
-    write_atomically(path, lambda stream: figure.savefig(stream, format="png", dpi=110))
-    return path
+    return save_png(figure, path)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Optional, Union
 
-from salun_lightning.files import write_atomically
+from salun_lightning.figures import save_png
 from salun_lightning.runs import LOGS_DIRNAME, check_writable, record_outputs
 
 PathLike = Union[str, os.PathLike]
@@ -108,7 +108,7 @@ def plot_curves(run: PathLike, out: Optional[PathLike] = None, version: Optional
         axis.set_visible(False)
     figure.suptitle(f"{Path(run).name}: {log.relative_to(Path(run))}", fontsize=10)
     figure.tight_layout()
-    write_atomically(target, lambda stream: figure.savefig(stream, format="png", dpi=110))
+    save_png(figure, target)
     plt.close(figure)
     if out is None:
         record_outputs(run, [CURVES_FILENAME])

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from salun_lightning.files import write_atomically, write_json
+from salun_lightning.figures import new_figure, save_png
+from salun_lightning.files import write_json
 from salun_lightning.metrics.ulira import logit_confidence
 from salun_lightning.models import build_classifier, load_weights
 from salun_lightning.runs import CONFIG_FILENAME, MODEL_FILENAME, is_incomplete, read_forget_set
@@ -175,12 +176,8 @@ def relearn(run_dir: Path, reference_dir: Path, out: Path, ks: Sequence[int] = (
 
 def plot_relearning(record: dict[str, Any], path: Path) -> Path:
     """Forget accuracy on the held-out forget samples against the fine-tuning step, one panel per ``k``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     ks = list(record["k"])
-    figure = Figure(figsize=(3.6 * len(ks), 3.4), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(3.6 * len(ks), 3.4)
     for index, k in enumerate(ks, 1):
         axes = figure.add_subplot(1, len(ks), index)
         entry = record["k"][k]
@@ -194,8 +191,7 @@ def plot_relearning(record: dict[str, Any], path: Path) -> Path:
     s = record["settings"]
     figure.suptitle(f"Relearning: Adam lr {s['lr']:g}, batch {s['batch_size']}, {s['steps']} steps, seed {s['seed']}",
                     fontsize=9)
-    write_atomically(path, lambda stream: figure.savefig(stream, format="png", dpi=110))
-    return path
+    return save_png(figure, path)
 
 
 def main(argv: Sequence[str]) -> None:

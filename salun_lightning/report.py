@@ -36,6 +36,7 @@ from typing import IO, Any, Optional, TypeVar, Union
 
 import numpy as np
 
+from salun_lightning.figures import new_figure, save_png
 from salun_lightning.files import write_atomically
 from salun_lightning.metrics.functional import average_gap
 from salun_lightning.runs import (
@@ -375,24 +376,19 @@ def _markdown_document(
 
 
 def _plot_gaps(summaries: list[_MethodSummary], retrain: str, stream: IO[bytes]) -> None:
-    _gap_figure(summaries, retrain).savefig(stream, format="png", dpi=120)
+    save_png(_gap_figure(summaries, retrain), stream, dpi=120)
 
 
 def _gap_figure(summaries: list[_MethodSummary], retrain: str) -> Any:
     """One panel per metric, one horizontal bar per method, each panel on its own scale (so that a 0.1-point gap
     shows beside a 50-point one: symmetric-log where a panel spans more than two decades), the mean written at the
     bar's end and the std over seeds as an error bar."""
-    # Imported here: only the written report needs matplotlib. The Agg canvas avoids pyplot's global state.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     kind = summaries[0].runs[0].kind
     if kind.compared:
         groups, values, methods = (*kind.compared, GAP_COLUMN), "gaps", [s for s in summaries if s.method != retrain]
     else:
         groups, values, methods = ("UA", "retained_accuracy"), "columns", summaries
-    figure = Figure(figsize=(2.6 * len(groups) + 1.2, 0.35 * len(methods) + 1.6), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(2.6 * len(groups) + 1.2, 0.35 * len(methods) + 1.6)
     panels = figure.subplots(1, len(groups), sharey=True, squeeze=False)[0]
     positions = np.arange(len(methods))[::-1]  # the first method on top
     for axes, group in zip(panels, groups):

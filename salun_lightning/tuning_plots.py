@@ -21,23 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from salun_lightning.files import write_atomically
-
-
-def _figure(width: float, height: float) -> Any:
-    # The Agg canvas avoids pyplot's global state.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure: Any, path: Path) -> Path:
-    figure.tight_layout()
-    write_atomically(path, lambda stream: figure.savefig(stream, format="png"))
-    return path
+from salun_lightning.figures import new_figure, save_png
 
 
 def plot_study(rows: Sequence[dict[str, Any]], objective: str, direction: str, out: Path) -> list[Path]:
@@ -46,7 +30,7 @@ def plot_study(rows: Sequence[dict[str, Any]], objective: str, direction: str, o
     done = [row for row in rows if row["state"] == "COMPLETE"]
     if not done:
         return []
-    figure = _figure(6, 3.5)
+    figure = new_figure(6, 3.5)
     axes = figure.add_subplot()
     numbers, values = [row["number"] for row in done], [row["value"] for row in done]
     axes.plot(numbers, values, "o", label="trial")
@@ -57,9 +41,9 @@ def plot_study(rows: Sequence[dict[str, Any]], objective: str, direction: str, o
     axes.set_xlabel("trial")
     axes.set_ylabel(objective)
     axes.grid(alpha=0.3)
-    paths = [_save(figure, out / "objective_by_trial.png")]
+    paths = [save_png(figure, out / "objective_by_trial.png")]
     names = sorted({name for row in done for name in row["params"]})
-    figure = _figure(3.2 * max(len(names), 1), 3.2)
+    figure = new_figure(3.2 * max(len(names), 1), 3.2)
     for index, name in enumerate(names, 1):
         axes = figure.add_subplot(1, len(names), index)
         points = [(row["params"][name], row["value"]) for row in done if name in row["params"]]
@@ -70,14 +54,14 @@ def plot_study(rows: Sequence[dict[str, Any]], objective: str, direction: str, o
         axes.set_xlabel(name)
         axes.set_ylabel(objective if index == 1 else "")
         axes.grid(alpha=0.3)
-    paths.append(_save(figure, out / "objective_by_value.png"))
+    paths.append(save_png(figure, out / "objective_by_value.png"))
     return paths
 
 
 def plot_spread(studies: dict[str, Sequence[dict[str, Any]]], path: Path) -> Path:
     """Box plots of Avg. Gap and UA over every finished trial of each study (one box per method; the gap on a
     symmetric-log scale where it spans more than two decades)."""
-    figure = _figure(max(6, 0.8 * len(studies) + 2), 3.8)
+    figure = new_figure(max(6, 0.8 * len(studies) + 2), 3.8)
     names = list(studies)
     for index, (label, read) in enumerate((("Avg. Gap", lambda row: row.get("avg_gap")),
                                            ("UA", lambda row: (row.get("metrics") or {}).get("UA"))), 1):
@@ -91,4 +75,4 @@ def plot_spread(studies: dict[str, Sequence[dict[str, Any]]], path: Path) -> Pat
         axes.set_title(f"{label} over the trials")
         axes.tick_params(axis="x", rotation=45)
         axes.grid(alpha=0.3, axis="y")
-    return _save(figure, path)
+    return save_png(figure, path)
