@@ -27,7 +27,6 @@ import argparse
 import itertools
 import json
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -37,7 +36,7 @@ import torch
 from salun_lightning.figures import new_figure, save_png
 from salun_lightning.files import write_json
 from salun_lightning.metrics.ulira import attack_metrics, likelihood_ratio_scores, logit_confidence
-from salun_lightning.runs import CONFIG_FILENAME, MODEL_FILENAME, is_incomplete
+from salun_lightning.runs import MODEL_FILENAME, is_incomplete
 
 SETTINGS_FILENAME = "audit.json"
 COMMAND_FILENAME = "audit_command.json"  # the salun command that made a run of the audit: what resuming compares
@@ -102,15 +101,11 @@ def audit_confidences(run_dir: Path, audit_file: Path) -> list[float]:
     if cached.is_file():
         return json.loads(cached.read_text())
     from salun_lightning.data import UnlearningDataModule
-    from salun_lightning.lightning_cli import SalunCLI
+    from salun_lightning.lightning_cli import load_run
 
-    with tempfile.TemporaryDirectory(prefix="salun-audit-") as scratch:  # building the model writes nothing here
-        cli = SalunCLI(args=["--config", str(run_dir / CONFIG_FILENAME), f"--trainer.default_root_dir={scratch}"],
-                       run=False)
-    module = cli.model
-    module.load_model(str(run_dir / MODEL_FILENAME))
+    module, run_data = load_run(run_dir)
     module.eval()
-    options = {k: v for k, v in cli.datamodule.hparams.items() if not k.startswith("_")}
+    options = {k: v for k, v in run_data.hparams.items() if not k.startswith("_")}
     options.update(forget_set="indices", forget_fraction=None, forget_count=None, forget_class=None,
                    forget_indices_file=str(audit_file), exclude_indices_file=None, stream=None, val_size=0)
     data = UnlearningDataModule(**options)

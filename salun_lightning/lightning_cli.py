@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -28,6 +29,7 @@ from salun_lightning.runs import (
     FRESH_RUNS_DIRNAME,
     LOGS_DIRNAME,
     MODEL_FILENAME,
+    is_incomplete,
     method_name,
     open_run,
     read_forget_set,
@@ -222,6 +224,22 @@ class SalunCLI(LightningCLI):
             raise ValueError(f"{type(model).__name__} cannot load {path.name}; give a Lightning checkpoint.")
         model.load_model(str(path))
         return None
+
+
+def load_run(run_dir: Path) -> tuple[LightningModule, LightningDataModule]:
+    """The model and data module of a finished run, built from its ``config.yaml`` (in a scratch directory, so that
+    nothing is written into the run) with its saved model loaded; the data module is not set up yet.
+
+    Raises:
+        ValueError: no finished run in ``run_dir``.
+    """
+    if not (run_dir / MODEL_FILENAME).is_file() or is_incomplete(run_dir):
+        raise ValueError(f"{run_dir}: no finished run there (it needs {MODEL_FILENAME} and no INCOMPLETE marker).")
+    with tempfile.TemporaryDirectory(prefix="salun-run-") as scratch:
+        cli = SalunCLI(args=["--config", str(run_dir / CONFIG_FILENAME), f"--trainer.default_root_dir={scratch}"],
+                       run=False)
+    cli.model.load_model(str(run_dir / MODEL_FILENAME))
+    return cli.model, cli.datamodule
 
 
 def check_same_forget_set(run_dir: Path, datamodule: Any) -> None:

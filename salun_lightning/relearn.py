@@ -24,7 +24,6 @@ import argparse
 import copy
 import json
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -36,7 +35,7 @@ from salun_lightning.figures import new_figure, save_png
 from salun_lightning.files import write_json
 from salun_lightning.metrics.ulira import logit_confidence
 from salun_lightning.models import build_classifier, load_weights
-from salun_lightning.runs import CONFIG_FILENAME, MODEL_FILENAME, is_incomplete, read_forget_set
+from salun_lightning.runs import read_forget_set
 
 
 def evaluation_steps(steps: int) -> list[int]:
@@ -58,17 +57,12 @@ def area_and_recovery(points: Sequence[int], accuracy: Sequence[float], retrain:
 
 
 def load_run(run_dir: Path) -> tuple[Any, Any]:
-    """The LightningModule of a finished classifier run with its saved model loaded, and the run's data module."""
-    from salun_lightning.lightning_cli import SalunCLI
+    """A finished run's module with its saved model, and its data module set up (splits drawn)."""
+    from salun_lightning.lightning_cli import load_run as load_saved_run
 
-    if not (run_dir / MODEL_FILENAME).is_file() or is_incomplete(run_dir):
-        raise ValueError(f"{run_dir}: no finished run there (it needs {MODEL_FILENAME} and no INCOMPLETE marker).")
-    with tempfile.TemporaryDirectory(prefix="salun-relearn-") as scratch:
-        cli = SalunCLI(args=["--config", str(run_dir / CONFIG_FILENAME), f"--trainer.default_root_dir={scratch}"],
-                       run=False)
-    cli.model.load_model(str(run_dir / MODEL_FILENAME))
-    cli.datamodule.setup("test")
-    return cli.model, cli.datamodule
+    module, data = load_saved_run(run_dir)
+    data.setup("test")
+    return module, data
 
 
 class Evaluator:
