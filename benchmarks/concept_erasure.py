@@ -267,8 +267,9 @@ def save_grid(generations: dict[str, Tensor], path: Path, columns: int = 6) -> N
 
 
 def evaluate(experiment: str, name: str, run: Optional[Path], args: argparse.Namespace,
-             fitted: Optional[dict[str, float]]) -> dict[str, Any]:
-    """Generate ``--per-prompt`` images of each prompt with the run's denoiser and judge them.
+             fitted: Optional[dict[str, float]], into: Optional[Path] = None) -> dict[str, Any]:
+    """Generate ``--per-prompt`` images of each prompt with the run's denoiser and judge them; the grid and a fit's
+    ``metrics.json`` go to ``into`` (default ``<out>/grids/<experiment>_<name>.png`` and ``<out>/<experiment>_<name>``).
 
     ``style``: all 20 prompts; style erasure (inverted-prompt generations the style judge does not call inverted),
     the digit judge's accuracy on them, and on the normal prompts' generations digit accuracy, the share drawn normal
@@ -282,7 +283,7 @@ def evaluate(experiment: str, name: str, run: Optional[Path], args: argparse.Nam
     sampling = time.perf_counter()
     generations = generate_prompts(model, prompts, args.per_prompt, args.sample_steps)
     sampling_s = time.perf_counter() - sampling
-    save_grid(generations, args.out / "grids" / f"{experiment}_{name}.png")
+    save_grid(generations, into / "grid.png" if into else args.out / "grids" / f"{experiment}_{name}.png")
     record: dict[str, Any] = {"experiment": experiment, "name": name, "method": fitted["method"] if fitted else "train",
                               "steps": fitted["steps"] if fitted else args.train_steps}
     kept = [d for d in range(10) if experiment == "style" or d != FORGOTTEN_DIGIT]
@@ -305,7 +306,7 @@ def evaluate(experiment: str, name: str, run: Optional[Path], args: argparse.Nam
                    "sampling_s_per_image_step": sampling_s / (len(prompts) * args.per_prompt * args.sample_steps),
                    "evaluation_fixed_s": seconds - sampling_s})
     if fitted:
-        write_json(args.out / f"{experiment}_{name}" / "metrics.json", record)
+        write_json((into or args.out / f"{experiment}_{name}") / "metrics.json", record)
     shown = {key: record[key] for key in ("style_erasure", "erased_digit_accuracy", "UA", "retained_digit_accuracy",
                                           "retained_normal_style", "FID") if key in record}
     print(f"{experiment} {name}: " + ", ".join(f"{key} {value:.2f}" for key, value in shown.items()), flush=True)

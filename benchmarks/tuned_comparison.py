@@ -60,19 +60,27 @@ def method_args(name: str, epochs: int) -> list[str]:
     return [method, *options]
 
 
+def with_overall_budget(summary: dict) -> dict:
+    """``summary`` whose ``budget`` is what every regime had at least: the fewest trials of any regime (each regime's
+    own in ``regime_budgets``) and the epochs per trial, which are the same everywhere."""
+    budgets = summary["regime_budgets"].values()
+    return {**summary, "budget": {"trials": min(b["trials"] for b in budgets), "epochs": summary["budget"]["epochs"]}}
+
+
 def write_configs(summary: dict, folder: Path, date: str) -> list[Path]:
     """``<folder>/<scenario>/<method>.yaml`` for every digits regime's tuned method (``<method>+mask`` as
     ``<method>_masked.yaml``): the method's config, the scenario's forget set and the chosen values, with a header
     saying where they came from."""
     written = []
-    budget = summary["budget"]
     for regime in DIGITS:
+        budget = summary.get("regime_budgets", {}).get(regime, summary["budget"])
         scenario = regime.split("_", 1)[1]
         forget = yaml.safe_load((ROOT / "configs" / "digits" / "forget" / f"{scenario}.yaml").read_text())
         for name, row in summary["regimes"].get(regime, {}).items():
             method, *options = method_args(name, budget["epochs"])
             lines = [
-                f"# {name} on the digits, {scenario}: tuned at an equal budget by benchmarks/tuned_comparison.py ({date}):",
+                f"# {name} on the digits, {scenario}: tuned at an equal budget by benchmarks/tuned_comparison.py "
+                f"({budget.get('date') or date}):",
                 f"# {budget['trials']} Optuna TPE trials on seed {summary['tune_seed']} against that seed's retrain, "
                 f"{budget['epochs']} epochs per trial (one-shot methods: their one update);",
                 f"# Avg. Gap on seeds {', '.join(map(str, summary['seeds']))}: {row['avg_gap_mean']:.2f} ± "
@@ -138,15 +146,26 @@ def main() -> None:
                 lambda root, seed: common_args(subset, root, seed, "small_resnet_w32"),
                 training_schedule(args.memorising_epochs))
 
-    summary: dict = {"date": datetime.date.today().isoformat(), "sampler": args.sampler,
-                     "budget": {"trials": args.trials, "epochs": args.epochs}, "seeds": args.eval_seeds,
-                     "tune_seed": args.tune_seed, "machine": f"{platform.machine()}, 1 thread, torch {torch.__version__}",
-                     "regimes": {}}
-    if args.json is not None and args.json.is_file():
+    budget = {"trials": args.trials, "epochs": args.epochs}
+    summary: dict = {"date": datetime.date.today().isoformat(), "sampler": args.sampler, "budget": budget,
+                     "seeds": args.eval_seeds, "tune_seed": args.tune_seed,
+                     "machine": f"{platform.machine()}, 1 thread, torch {torch.__version__}", "regimes": {},
+                     "regime_budgets": {}}
+    if args.json is not None and args.json.is_file():  # keep the other regimes, and this one's at the same budget
         previous = json.loads(args.json.read_text())
-        if previous.get("budget") == summary["budget"]:
-            summary["regimes"] = previous.get("regimes", {})
+        kept = previous.get("regime_budgets") or {
+            r: {**previous["budget"], "date": previous.get("date")} for r in previous.get("regimes", {})}
+        summary.update({k: v for k, v in previous.items() if k not in summary})  # e.g. a uniform sweep's record
+        summary["regimes"] = {r: rows for r, rows in previous.get("regimes", {}).items() if r in kept}
+        summary["regime_budgets"] = {r: kept[r] for r in summary["regimes"]}
     for regime in args.regimes:
+        regime_budget = dict(budget)
+        if regime in MEMORISING:
+            regime_budget.update(per_class=args.memorising_per_class, original_epochs=args.memorising_epochs)
+        recorded = dict(summary["regime_budgets"].get(regime, {}))
+        if recorded.pop("date", None) is None or recorded != regime_budget:  # a new budget: this regime starts over
+            summary["regimes"].pop(regime, None)
+            summary["regime_budgets"][regime] = {**regime_budget, "date": summary["date"]}
         base = args.out / regime
         references = {}
         originals = {}
@@ -188,7 +207,7 @@ def main() -> None:
             print(f"{regime} {name}: tuned gap {best.value:.2f} -> seeds {args.eval_seeds} "
                   f"{table[name]['avg_gap_mean']:.2f} ± {table[name]['avg_gap_std']:.2f} ({best.params})", flush=True)
             if args.json is not None:
-                write_json(args.json, summary)
+                write_json(args.json, with_overall_budget(summary))
         retrain = {k: statistics.fmean(json.loads((references[s] / "metrics.json").read_text())[k]
                                        for s in args.eval_seeds) for k in KEYS}
         print(f"\n## {regime}: {args.trials} trials per method on seed {args.tune_seed}, evaluated on seeds "
@@ -204,7 +223,7 @@ def main() -> None:
                            for g, u in zip(row["trial_gaps"], row["trial_UA"])] for name, row in table.items()}
             plot_spread(rows, args.plots / f"{regime}_spread.png")
     if args.json is not None:
-        write_json(args.json, summary)
+        write_json(args.json, with_overall_budget(summary))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ class SearchRange:
     log: bool = False
 
 
+SALIENCY_RATIO_RANGE = SearchRange(0.1, 0.9)  # the fraction of weights a tuned mask keeps, any model
+
+
 def tunable(default: Any, low: float, high: float, *, log: bool = False, doc: str = "") -> Any:
     """A dataclass field with a default and the range a tuner searches."""
     return dataclasses.field(default=default, metadata={"range": SearchRange(low, high, log), "doc": doc})

@@ -37,7 +37,7 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from salun_lightning.files import write_json
 from salun_lightning.hyperparameters import SearchRange
@@ -53,6 +53,9 @@ STORAGE_FILENAME = "study.db"
 # random draws over the space (to measure how a method's results spread over its whole space).
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}  # names in optuna.samplers
 TRIAL_PREFIX = "trial_"
+# What a study's trial function does with the drawn values and the trial's run directory: fit, judge, and return the
+# objective's value with the attributes to keep (metrics, ...).
+TrialScore = Callable[[dict[str, Any], Path], tuple[float, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -234,43 +237,37 @@ def suggest(trial: Any, space: dict[str, SearchRange], integer: frozenset[str]) 
     return values
 
 
-def run_trial(trial: Any, plan: Plan, study_dir: Path, objective: Objective,
-              reference: Optional[dict[str, Any]]) -> float:
-    """Fit one trial into its run directory and score it."""
-    from salun_lightning.cli import run as salun
-
+def scored_trial(trial: Any, space: dict[str, SearchRange], integer: frozenset[str], study_dir: Path,
+                 score: TrialScore) -> float:
+    """One trial of any study: draw its values, let ``score`` fit and judge them in ``<study>/trial_<N>`` and keep
+    what it reports (``score`` returns the objective's value and the trial's attributes: metrics, ...)."""
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
-    values = suggest(trial, plan.space, plan.integer)
+    values = suggest(trial, space, integer)
     directory = trial_dir(study_dir, trial.number)
-    overrides = [f"{fit_option(name)}={value}" for name, value in values.items()]
     try:
-        salun(["fit", *plan.fit_args, *overrides, f"--trainer.default_root_dir={directory}"])
-        metrics = json.loads((directory / METRICS_FILENAME).read_text())
-        record = read_forget_set(directory)
-        if record is None or record.get("id") != plan.forget_set_id:
-            raise ValueError(f"trial {trial.number} unlearned another forget set than the study's.")
-        score = objective.value(metrics, reference)
-        if not math.isfinite(score):
-            raise ValueError(f"trial {trial.number} scored {score}.")
+        value, attributes = score(values, directory)
+        if not math.isfinite(value):
+            raise ValueError(f"trial {trial.number} scored {value}.")
     except Exception as error:
         trial.set_user_attr("error", f"{type(error).__name__}: {error}")
         raise
-    trial.set_user_attr("metrics", {k: metrics.get(k) for k in ("UA", "RA", "TA", "MIA", "RTE")})
-    if reference is not None:
-        trial.set_user_attr("avg_gap", Objective("avg_gap").value(metrics, reference))
+    for name, attribute in attributes.items():
+        trial.set_user_attr(name, attribute)
     trial.set_user_attr("run_dir", str(directory))
-    return score
+    return value
 
 
-def tune(fit_args: Sequence[str], study_dir: Path, trials: int, reference_dir: Optional[Path] = None,
-         objective: Objective = Objective(), narrowings: Sequence[str] = (), storage: Optional[str] = None,
-         study_name: Optional[str] = None, sampler_seed: int = 0, sampler: str = "tpe") -> Any:
-    """Run (or resume) a study until ``trials`` trials are counted; returns the Optuna study.
+def run_study(study_dir: Path, trials: int, settings: dict[str, Any], space: dict[str, SearchRange],
+              integer: frozenset[str], score: TrialScore, objective: str, direction: str,
+              storage: Optional[str] = None, study_name: Optional[str] = None, sampler: str = "tpe",
+              sampler_seed: int = 0, title: Optional[str] = None) -> Any:
+    """Open (or resume) the study in ``study_dir`` bound to ``settings``, run trials until ``trials`` are counted,
+    write ``summary.json`` and the plots; returns the Optuna study. :func:`tune` runs a classifier's study through
+    it; a benchmark with its own fit and judge (``benchmarks/tuned_concept_erasure.py``) runs its studies the same way.
 
     Raises:
-        ValueError: bad arguments (see :func:`make_plan`, :func:`read_reference`), or a study of other settings at
-            ``storage``.
+        ValueError: ``trials`` under 1, an unknown sampler, or a study of other settings at ``storage``.
     """
     import optuna
 
@@ -278,17 +275,12 @@ def tune(fit_args: Sequence[str], study_dir: Path, trials: int, reference_dir: O
         raise ValueError(f"--trials {trials}: give at least 1.")
     if sampler not in SAMPLERS:
         raise ValueError(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}.")
-    if objective.name == "avg_gap" and reference_dir is None:
-        raise ValueError("the Avg. Gap needs a reference run: pass --reference <retrain run directory>, or choose "
-                         "another --objective.")
-    plan = make_plan(fit_args, narrowings)
-    reference = read_reference(reference_dir, plan.forget_set_id) if reference_dir is not None else None
     study_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(study_dir / STORAGE_FILENAME).resolve()}"
-    settings = {**plan.settings(objective, trials), "sampler": sampler}
+    settings = {**settings, "sampler": sampler}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=study_name or study_dir.name, load_if_exists=True,
-                                direction=objective.direction, sampler=getattr(optuna.samplers, SAMPLERS[sampler])(seed=sampler_seed))
+                                direction=direction, sampler=getattr(optuna.samplers, SAMPLERS[sampler])(seed=sampler_seed))
     bound = study.user_attrs.get("settings")
     if bound is None:
         study.set_user_attr("settings", settings)
@@ -300,9 +292,8 @@ def tune(fit_args: Sequence[str], study_dir: Path, trials: int, reference_dir: O
                              "resume it with the same arguments, or start another --study.")
     for number in recover_interrupted(study):
         print(f"trial {number} was cut off: its values run again")
-    epochs = "the config's" if plan.epochs is None else plan.epochs
-    print(f"tuning {plan.method} ({', '.join(plan.space)}) for {objective.direction} {objective.name}: "
-          f"budget {trials} trials x {epochs} epochs, {counted(study.trials)} done, study {study_dir}")
+    title = title or f"tuning for {direction} {objective}: budget {trials} trials"
+    print(f"{title}, {counted(study.trials)} done, study {study_dir}")
 
     def stop_when_spent(study: Any, _: Any) -> None:
         if counted(study.get_trials(deepcopy=False)) >= trials:
@@ -310,13 +301,53 @@ def tune(fit_args: Sequence[str], study_dir: Path, trials: int, reference_dir: O
 
     remaining = trials - counted(study.trials)
     if remaining > 0:
-        study.optimize(lambda trial: run_trial(trial, plan, study_dir, objective, reference), n_trials=remaining,
+        study.optimize(lambda trial: scored_trial(trial, space, integer, study_dir, score), n_trials=remaining,
                        catch=(Exception,), callbacks=[stop_when_spent])
     write_summary(study, study_dir, objective)
     return study
 
 
-def write_summary(study: Any, study_dir: Path, objective: Objective) -> dict[str, Any]:
+def tune(fit_args: Sequence[str], study_dir: Path, trials: int, reference_dir: Optional[Path] = None,
+         objective: Objective = Objective(), narrowings: Sequence[str] = (), storage: Optional[str] = None,
+         study_name: Optional[str] = None, sampler_seed: int = 0, sampler: str = "tpe") -> Any:
+    """Run (or resume) a classifier method's study until ``trials`` trials are counted; returns the Optuna study.
+
+    Raises:
+        ValueError: bad arguments (see :func:`make_plan`, :func:`read_reference`, :func:`run_study`), or a study of
+            other settings at ``storage``.
+    """
+    if trials < 1:
+        raise ValueError(f"--trials {trials}: give at least 1.")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}.")
+    if objective.name == "avg_gap" and reference_dir is None:
+        raise ValueError("the Avg. Gap needs a reference run: pass --reference <retrain run directory>, or choose "
+                         "another --objective.")
+    plan = make_plan(fit_args, narrowings)
+    reference = read_reference(reference_dir, plan.forget_set_id) if reference_dir is not None else None
+
+    def score(values: dict[str, Any], directory: Path) -> tuple[float, dict[str, Any]]:
+        from salun_lightning.cli import run as salun
+
+        overrides = [f"{fit_option(name)}={value}" for name, value in values.items()]
+        salun(["fit", *plan.fit_args, *overrides, f"--trainer.default_root_dir={directory}"])
+        metrics = json.loads((directory / METRICS_FILENAME).read_text())
+        record = read_forget_set(directory)
+        if record is None or record.get("id") != plan.forget_set_id:
+            raise ValueError(f"{directory.name} unlearned another forget set than the study's.")
+        attributes: dict[str, Any] = {"metrics": {k: metrics.get(k) for k in ("UA", "RA", "TA", "MIA", "RTE")}}
+        if reference is not None:
+            attributes["avg_gap"] = Objective("avg_gap").value(metrics, reference)
+        return objective.value(metrics, reference), attributes
+
+    epochs = "the config's" if plan.epochs is None else plan.epochs
+    title = (f"tuning {plan.method} ({', '.join(plan.space)}) for {objective.direction} {objective.name}: "
+             f"budget {trials} trials x {epochs} epochs")
+    return run_study(study_dir, trials, plan.settings(objective, trials), plan.space, plan.integer, score,
+                     objective.name, objective.direction, storage, study_name, sampler, sampler_seed, title)
+
+
+def write_summary(study: Any, study_dir: Path, objective: str) -> dict[str, Any]:
     """Write ``<study>/summary.json`` (every trial, the best) and the plots; print the best trial and its rerun."""
     from optuna.trial import TrialState
 
@@ -336,9 +367,9 @@ def write_summary(study: Any, study_dir: Path, objective: Objective) -> dict[str
                            "config": str(trial_dir(study_dir, best.number) / CONFIG_FILENAME),
                            "rerun": rerun_command(study_dir, best.number), **best.user_attrs}
         values = ", ".join(f"{k}={v:.4g}" for k, v in best.params.items())
-        print(f"best: trial {best.number}, {objective.name} {best.value:.4f} ({values})\n"
+        print(f"best: trial {best.number}, {objective} {best.value:.4f} ({values})\n"
               f"  config: {summary['best']['config']}\n  rerun: {summary['best']['rerun']}")
-        plot_study(rows, objective.name, objective.direction, study_dir / "plots")
+        plot_study(rows, objective, study.direction.name.lower(), study_dir / "plots")
     write_json(study_dir / "summary.json", summary)
     return summary
 

@@ -104,3 +104,64 @@ def test_the_estimate_lays_tasks_out_on_the_first_free_worker():
     assert script.schedule([(10.0, 0.0), (4.0, 0.0), (4.0, 0.0), (4.0, 0.0)], 2) == 12.0
     assert script.schedule([(10.0, 0.0), (4.0, 0.0)], 1) == 14.0
     assert script.schedule([(1.0, 0.0), (3.0, 5.0)], 2) == 8.0  # a task waits for what it needs
+
+
+# ---------------------------------------------------------------------------------------------------- tuned
+def load_tuned_script():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("tuned_concept_erasure_under_test",
+                                                  ROOT / "benchmarks" / "tuned_concept_erasure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def listing(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_tuned_erasure_runs_studies_on_the_base_run_resumes_and_leaves_the_base_alone(tiny_run, tmp_path, capsys,
+                                                                                      monkeypatch):
+    base, _ = tiny_run
+    script = load_tuned_script()
+    monkeypatch.setattr(script, "quiet", lambda threads: None)  # the process's logging and threads stay as they are
+    before = listing(base)
+    argv = ["--base", str(base), "--trials", "2", "--methods", "salun", "fmn", "--experiments", "style",
+            "--space", "max_steps=10:12", "--space", "alpha=0.1:1", "--per-prompt", "2", "--sample-steps", "3",
+            "--jobs", "1", "--out", str(tmp_path / "tuned"), "--json", str(tmp_path / "tuned.json")]
+    summary = script.main(argv)
+    assert listing(base) == before  # the base run is only read
+    original = summary["experiments"]["style"]["original"]
+    for method in ("salun", "fmn"):
+        row = summary["experiments"]["style"][method]
+        assert len(row["trial_values"]) == 2
+        assert summary["space"][method]["max_steps"] == [10, 12, True]
+        for number in (0, 1):
+            trial = tmp_path / "tuned" / "style" / method / f"trial_{number:04d}"
+            metrics = json.loads((trial / "metrics.json").read_text())
+            assert (trial / "unet" / "config.json").is_file() and (trial / "grid.png").is_file()
+            expected = (100 - metrics["style_erasure"]) + max(
+                0.0, original["retained_digit_accuracy"] - metrics["retained_digit_accuracy"])
+            assert row["trial_values"][number] == pytest.approx(expected)
+            config = yaml.safe_load((trial / "config.yaml").read_text())
+            assert 10 <= config["trainer"]["max_steps"] <= 12 and config["model"]["init_args"]["method"] == method
+        assert set(row["best"]["params"]) == set(script.TUNED[method])
+    assert 0.1 <= summary["experiments"]["style"]["salun"]["best"]["params"]["alpha"] <= 1
+    assert json.loads((tmp_path / "tuned.json").read_text())["trials"] == 2
+    capsys.readouterr()
+    again = script.main(argv)  # resumed: the budget is spent, nothing is fitted again
+    assert again["experiments"] == summary["experiments"]
+    assert not (tmp_path / "tuned" / "style" / "salun" / "trial_0002").exists()
+    assert "2 done" in capsys.readouterr().out
+
+
+def test_tuned_erasure_refuses_a_bad_range_or_base_before_any_work(tiny_run, tmp_path, capsys):
+    base, _ = tiny_run
+    script = load_tuned_script()
+    with pytest.raises(SystemExit):
+        script.parse_args(["--base", str(base), "--space", "lr=1e-8:1e-3", "--out", str(tmp_path / "t")])
+    assert "the method searches lr in [1e-06, 0.001]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.parse_args(["--base", str(tmp_path), "--out", str(tmp_path / "t")])
+    assert "no train/ there; run benchmarks/concept_erasure.py" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()

@@ -237,3 +237,22 @@ def test_the_random_sampler_draws_uniformly_and_is_bound_to_the_study(runs, tmp_
         tune(rl_args(runs), tmp_path / "study", trials=3, reference_dir=runs["retrain"])
     with pytest.raises(ValueError, match="--sampler grid: choose one of tpe, random"):
         tune(rl_args(runs), tmp_path / "other", trials=1, reference_dir=runs["retrain"], sampler="grid")
+
+
+def test_the_method_page_lists_every_diffusion_methods_search_space():
+    from salun_lightning.diffusion.methods import METHODS as DIFFUSION_METHODS
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
+    table = page.split("| diffusion method |", 1)[1].split("\n\n")[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        names, rest = line.split("|")[1], "|".join(line.split("|")[2:])
+        for name in names.replace("`", "").split(","):
+            rows[name.strip()] = rest
+    for name, method in DIFFUSION_METHODS.items():
+        if name in ("train", "retrain"):
+            continue
+        for tuned, bounds in method.tuning_space(masked=True).items():
+            found = re.search(rf"`{tuned}` ([\d.e+-]+) to ([\d.e+-]+)(, log)?", rows[name])
+            assert found, (name, tuned)
+            assert (float(found[1]), float(found[2]), bool(found[3])) == (bounds.low, bounds.high, bounds.log)

@@ -19,15 +19,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from salun_lightning.hyperparameters import Hyperparameters, SearchRange
+from salun_lightning.hyperparameters import SALIENCY_RATIO_RANGE, Hyperparameters, SearchRange
 
 if TYPE_CHECKING:  # the module imports the methods, not the other way round
     from lightning.pytorch import Trainer
 
     from salun_lightning.classifier import ClassifierUnlearningModule
-
-
-SALIENCY_RATIO_RANGE = SearchRange(0.1, 0.9)  # the fraction of weights a tuned mask keeps
 
 
 def frozen_copy(net: nn.Module) -> nn.Module:

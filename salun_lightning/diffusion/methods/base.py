@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional
 from lightning.pytorch import Callback
 from torch import Tensor
 
-from salun_lightning.hyperparameters import Hyperparameters, tunable
+from salun_lightning.hyperparameters import SALIENCY_RATIO_RANGE, Hyperparameters, SearchRange, tunable
 
 if TYPE_CHECKING:  # the module imports the methods, not the other way round
     from salun_lightning.diffusion.module import DiffusionUnlearningModule
@@ -46,6 +46,8 @@ class DiffusionMethod:
             attention processors does not).
         Hyperparameters: the method's hyper-parameters; each field is the model's constructor argument of the same
             name (and default), which the model checks.
+        lr_range, steps_range: where a tuner searches the learning rate and the number of training steps (the same
+            for every method, so that an equal budget of trials is an equal search: ESD's own 1,000 steps inside).
     """
 
     name: ClassVar[str]
@@ -57,6 +59,8 @@ class DiffusionMethod:
     uses_pseudo: ClassVar[bool] = False
     shardable: ClassVar[bool] = True
     Hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
+    lr_range: ClassVar[SearchRange] = SearchRange(1e-6, 1e-3, log=True)
+    steps_range: ClassVar[SearchRange] = SearchRange(10, 1000, log=True)
 
     def __init__(self, hparams: Optional[Hyperparameters] = None) -> None:
         self.hparams = hparams if hparams is not None else self.Hyperparameters()
@@ -66,6 +70,24 @@ class DiffusionMethod:
         """The method with its hyper-parameters taken from the model's (already checked) constructor arguments."""
         fields = dataclasses.fields(cls.Hyperparameters)
         return cls(cls.Hyperparameters(**{field.name: arguments[field.name] for field in fields}))
+
+    @classmethod
+    def tuning_space(cls, masked: bool) -> dict[str, SearchRange]:
+        """What a tuner searches for this method: ``lr``, ``max_steps`` (integers), ``saliency_ratio`` when it runs
+        under a mask, and its own tunable hyper-parameters (the model's constructor arguments of the same names).
+
+        Example::
+
+            >>> from salun_lightning.diffusion.methods import METHODS
+            >>> sorted(METHODS["salun"].tuning_space(masked=True))
+            ['alpha', 'lr', 'max_steps', 'saliency_ratio']
+            >>> sorted(METHODS["fmn"].tuning_space(masked=False))
+            ['lr', 'max_steps']
+        """
+        space = {"lr": cls.lr_range, "max_steps": cls.steps_range}
+        if masked and cls.takes_mask:
+            space["saliency_ratio"] = SALIENCY_RATIO_RANGE
+        return {**space, **cls.Hyperparameters.search_space()}
 
     # ----------------------------------------------------------------------------------------- construction
     def prepare(self, module: DiffusionUnlearningModule) -> None:
