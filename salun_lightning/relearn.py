@@ -189,20 +189,41 @@ def plot_relearning(record: dict[str, Any], path: Path) -> Path:
 
 
 def main(argv: Sequence[str]) -> None:
-    """``salun relearn RUN --reference RETRAIN_RUN --out DIR [--k 0 10 50] [--steps 1000] [--lr 1e-5]``."""
+    """``salun relearn RUN --reference RETRAIN_RUN --out DIR [--k 0 10 50] [--steps 1000] [--lr 1e-5]``; on a
+    diffusion run, ``salun relearn RUN --out DIR [--steps 50] [--lr LR] [--forget-class C] [fit options]``."""
     parser = argparse.ArgumentParser(
         prog="salun relearn",
         description="The relearning attack: fine-tune a run's model and its retrain reference the same way on D_r "
         "plus k forget samples, and watch the other forget samples' accuracy come back.")
-    parser.add_argument("run", type=Path, help="an unlearning run directory")
-    parser.add_argument("--reference", type=Path, required=True, help="the retrain run on the same forget set")
-    parser.add_argument("--out", type=Path, required=True, help="where to write relearn.json and relearn.png")
+    parser.add_argument("run", type=Path, help="an unlearning run directory (classifier or diffusion)")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="the retrain run on the same forget set (classifier runs)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="where to write relearn.json and relearn.png (a diffusion run: the revived run)")
     parser.add_argument("--k", type=int, nargs="+", default=[0, 10, 50], help="forget samples relearned (0 10 50)")
-    parser.add_argument("--steps", type=int, default=1000, help="fine-tuning steps (default 1000)")
-    parser.add_argument("--lr", type=float, default=1e-5, help="Adam's learning rate (default 1e-5)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="fine-tuning steps (default 1000; a diffusion run's concept revival: 50)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="Adam's learning rate (default 1e-5; a diffusion run: the run's own)")
+    parser.add_argument("--forget-class", default=None,
+                        help="diffusion runs: the class of the run's data to fine-tune on (default the run's forget "
+                        "class, the erased concept; another class is the control)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0, help="the permutation's and the batch order's seed")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if (args.run / "unet").is_dir():  # a diffusion run: concept revival
+        from salun_lightning.diffusion.revival import revive
+
+        revive(args.run, args.out, 50 if args.steps is None else args.steps, args.lr, args.forget_class, extra)
+        print(f"wrote the revived model to {args.out}: draw from it with 'salun sample --config "
+              f"{args.out}/config.yaml --out <folder>' and judge it as the erasure was judged")
+        return
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.reference is None:
+        parser.error("--reference RETRAIN_RUN is needed to attack a classifier run")
+    args.steps = 1000 if args.steps is None else args.steps
+    args.lr = 1e-5 if args.lr is None else args.lr
     if args.steps < 1 or args.lr <= 0 or args.batch_size < 1:
         raise ValueError("--steps and --batch-size must be at least 1 and --lr positive.")
     record = relearn(args.run, args.reference, args.out, args.k, args.steps, args.lr, args.batch_size, args.seed)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 import yaml
 from PIL import Image
@@ -165,3 +166,77 @@ def test_tuned_erasure_refuses_a_bad_range_or_base_before_any_work(tiny_run, tmp
         script.parse_args(["--base", str(tmp_path), "--out", str(tmp_path / "t")])
     assert "no train/ there; run benchmarks/concept_erasure.py" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- revival
+def test_salun_relearn_revives_a_diffusion_run_into_its_own_directory_and_leaves_the_run_alone(tiny_run, tmp_path):
+    from salun_lightning.cli import run as salun
+    from salun_lightning.diffusion import TextToImageDiffusion
+
+    base, _ = tiny_run
+    erased = base / "style_esd_x"
+    before = listing(erased)
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # the tiny runs name concept_erasure.StepTimes as a callback
+    salun(["relearn", str(erased), "--out", str(tmp_path / "revived"), "--steps", "2", "--lr", "1e-3"])
+    salun(["relearn", str(erased), "--out", str(tmp_path / "control"), "--steps", "2", "--forget-class", "normal"])
+    assert listing(erased) == before
+    revived = yaml.safe_load((tmp_path / "revived" / "config.yaml").read_text())
+    control = yaml.safe_load((tmp_path / "control" / "config.yaml").read_text())
+    init = revived["model"]["init_args"]
+    assert (init["method"], init["unet"], init["concept_prompt"], init["lr"]) == ("relearn", str(erased / "unet"),
+                                                                                 None, 1e-3)
+    assert revived["trainer"]["max_steps"] == 2 and revived["data"]["init_args"]["forget_class"] == "inverted"
+    assert control["data"]["init_args"]["forget_class"] == "normal"
+    assert control["model"]["init_args"]["lr"] == yaml.safe_load((erased / "config.yaml").read_text())[
+        "model"]["init_args"]["lr"]
+
+    def weights(run: Path) -> dict[str, torch.Tensor]:
+        model = TextToImageDiffusion(method="train", pretrained=str(base / "train"))
+        model.load_unet(str(run / "unet"))
+        return model.unet.state_dict()
+
+    start, after = weights(erased), weights(tmp_path / "revived")
+    assert any(not torch.equal(start[name], after[name]) for name in start)  # it trained from the erased denoiser
+
+
+def test_salun_relearn_refuses_bad_revival_input_before_any_work(tiny_run, tmp_path):
+    from salun_lightning.diffusion.revival import revival_args
+
+    base, _ = tiny_run
+    erased = base / "style_salun"
+    with pytest.raises(ValueError, match="is the run itself"):
+        revival_args(erased, erased, 2)
+    with pytest.raises(ValueError, match="--steps must be at least 1"):
+        revival_args(erased, tmp_path / "r", 0)
+    with pytest.raises(ValueError, match="no finished diffusion run there"):
+        revival_args(base / "judge", tmp_path / "r", 2)
+    assert not (tmp_path / "r").exists()
+
+
+def test_concept_revival_judges_every_model_before_after_and_on_the_control(tiny_run, tmp_path, monkeypatch):
+    base, _ = tiny_run
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("concept_revival_under_test",
+                                                  ROOT / "benchmarks" / "concept_revival.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(script, "quiet", lambda threads: None)
+    argv = ["--base", str(base), "--experiments", "style", "--methods", "salun", "--steps", "1", "2",
+            "--per-prompt", "2",
+            "--sample-steps", "3", "--jobs", "1", "--out", str(tmp_path / "revival"),
+            "--merge-into", str(tmp_path / "strong.json")]
+    (tmp_path / "strong.json").write_text('{"ulira": {"digits": {}}}')
+    summary = script.main(argv)
+    rows = summary["concept_revival"]["style"]
+    assert set(rows) == {"original", "salun"}
+    for model, row in rows.items():
+        assert set(row["curve"]) == {"1", "2"} and row["after"] == row["curve"]["2"] and row["steps"] == 2
+        judged = json.loads((tmp_path / "revival" / "style" / model / "revived_2.json").read_text())
+        assert row["after"] == judged["style_erasure"] and 0 <= row["control"] <= 100
+        config = yaml.safe_load((tmp_path / "revival" / "style" / model / "control_2" / "config.yaml").read_text())
+        assert config["data"]["init_args"]["forget_class"] == "normal"
+    merged = json.loads((tmp_path / "strong.json").read_text())
+    assert merged["ulira"] == {"digits": {}} and merged["concept_revival"]["style"]["salun"]["steps"] == 2
+    fitted = listing(tmp_path / "revival")
+    assert script.main(argv)["concept_revival"] == summary["concept_revival"]  # resumed: nothing fitted again
+    assert listing(tmp_path / "revival") == fitted

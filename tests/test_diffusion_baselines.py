@@ -405,3 +405,18 @@ def test_bad_replace_input_is_refused(originals, tokenizer):
         build("text", "salun", originals, tokenizer, pseudo="prompt", anchor_prompt="a 1", concept="0")
     with pytest.raises(ValueError, match="a class-conditional model has no prompts"):
         build("pixel", "salun", originals, None, pseudo="replace")
+
+
+def test_relearn_fine_tunes_on_the_forget_stream_with_each_images_own_condition(originals):
+    model = build("pixel", "relearn", originals, None, condition_dropout=0.9)  # dropout must not reach relearn
+    assert model.train_stream == "forget"
+    datamodule = data(stream="forget")
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
+    assert set(batch["class"].tolist()) == {0}
+    torch.manual_seed(0)
+    loss = model.training_step(batch, 0)
+    torch.manual_seed(0)
+    own = model.denoising_loss(batch)
+    torch.manual_seed(0)
+    dropped = model.denoising_loss(batch, condition_dropout=0.9)
+    assert torch.equal(loss, own) and not torch.equal(loss, dropped)

@@ -19,6 +19,7 @@ from salun_lightning.diffusion.methods.esd_u import EsdU
 from salun_lightning.diffusion.methods.esd_x import EsdX
 from salun_lightning.diffusion.methods.fmn import ForgetMeNot
 from salun_lightning.diffusion.methods.ga import GradientAscent
+from salun_lightning.diffusion.methods.relearn import Relearn
 from salun_lightning.diffusion.methods.retrain import Retrain
 from salun_lightning.diffusion.methods.rl import RandomLabel
 from salun_lightning.diffusion.methods.salun import SalUn
@@ -26,7 +27,8 @@ from salun_lightning.diffusion.methods.train import Train
 
 # in this order in the models' error messages
 METHODS: dict[str, type[DiffusionMethod]] = {
-    method.name: method for method in (Train, Retrain, GradientAscent, RandomLabel, SalUn, EsdX, EsdU, ForgetMeNot)
+    method.name: method for method in (
+        Train, Retrain, GradientAscent, RandomLabel, SalUn, EsdX, EsdU, ForgetMeNot, Relearn)
 }
 
 __all__ = ["METHODS", "ConceptErasure", "DiffusionMethod", "Esd", "ForgetMeNot"]
