@@ -114,6 +114,9 @@ def main() -> None:
                         help="the memorising regime's original and retrain epochs (memorising.py's 60)")
     parser.add_argument("--memorising-per-class", type=int, nargs=2, default=[250, 100], metavar=("TRAIN", "TEST"),
                         help="the memorising regime's CIFAR-10 images per class (memorising.py's 250 100)")
+    parser.add_argument("--memorising-batch-size", type=int, default=128,
+                        help="the memorising regime's batch size (memorising.py's 128); choose one that leaves no "
+                        "tiny last batch of the retain set (900 images at 128 end in a batch of 4)")
     parser.add_argument("--sampler", default="tpe", choices=("tpe", "random"),
                         help="random: uniform trials over each space, to measure the spread (Figure 2(b))")
     parser.add_argument("--write-configs", type=Path, default=None,
@@ -142,8 +145,9 @@ def main() -> None:
 
         train, test = args.memorising_per_class
         subset = build_subset(args.out / f"memorising_data_{train}_{test}", train, test)
+        batch = [f"--data.init_args.batch_size={args.memorising_batch_size}"] if args.memorising_batch_size != 128 else []
         return (ROOT / "configs" / "cifar10", scenario,
-                lambda root, seed: common_args(subset, root, seed, "small_resnet_w32"),
+                lambda root, seed: common_args(subset, root, seed, "small_resnet_w32") + batch,
                 training_schedule(args.memorising_epochs))
 
     budget = {"trials": args.trials, "epochs": args.epochs}
@@ -162,6 +166,8 @@ def main() -> None:
         regime_budget = dict(budget)
         if regime in MEMORISING:
             regime_budget.update(per_class=args.memorising_per_class, original_epochs=args.memorising_epochs)
+            if args.memorising_batch_size != 128:  # recorded only when not memorising.py's
+                regime_budget["batch_size"] = args.memorising_batch_size
         recorded = dict(summary["regime_budgets"].get(regime, {}))
         if recorded.pop("date", None) is None or recorded != regime_budget:  # a new budget: this regime starts over
             summary["regimes"].pop(regime, None)
