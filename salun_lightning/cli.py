@@ -181,6 +181,9 @@ def report_main(argv: Sequence[str]) -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="write report.md and report.png here")
     parser.add_argument("--retrain", default="retrain", help="method name of the reference runs")
+    parser.add_argument("--attacks", nargs="+", type=Path, default=[], metavar="DIR",
+                        help="salun audit and salun relearn output folders: their results become columns (U-LiRA "
+                        "acc. and AUC, relearn area and steps) and the report shows their figures")
     parser.add_argument(
         "--allow-mixed-forget-sets",
         action="store_true",
@@ -190,7 +193,7 @@ def report_main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     from salun_lightning import report
 
-    result = report.make_report(args.run_dirs, args.out, args.retrain, args.allow_mixed_forget_sets)
+    result = report.make_report(args.run_dirs, args.out, args.retrain, args.allow_mixed_forget_sets, args.attacks)
     for entry in result.skipped:
         print(f"skipped {entry.path}: {entry.reason}", file=sys.stderr)
     for problem in result.warnings:

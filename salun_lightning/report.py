@@ -58,6 +58,65 @@ MIXED_FORGET_SETS_HINT = (
     "--allow-mixed-forget-sets (allow_mixed_forget_sets=True) to compare them on purpose."
 )
 T = TypeVar("T")
+# The attacks' columns (``--attacks``: folders written by ``salun audit`` and ``salun relearn``), in percent: U-LiRA's
+# balanced accuracy and ROC-AUC (50: the forgotten samples look never seen), the relearning attack's area between the
+# method's forget-accuracy curve and retrain's, and its steps until the original's forget accuracy is back.
+ATTACK_COLUMNS = ("U-LiRA acc.", "U-LiRA AUC", "relearn area", "relearn steps")
+ULIRA_FILENAME = "ulira.json"
+RELEARN_FILENAME = "relearn.json"
+
+
+@dataclass(frozen=True)
+class Attacks:
+    """What the attack folders say per method (``values``), each folder's settings in words, and their figures."""
+
+    values: dict[str, dict[str, Optional[str]]]
+    settings: list[str]
+    figures: list[tuple[Path, str]]  # (a PNG the attack wrote, its caption)
+
+
+def read_attacks(paths: Sequence[PathLike]) -> Attacks:
+    """Read ``salun audit`` folders (``ulira.json``, ``roc.png``) and ``salun relearn`` folders (``relearn.json``,
+    ``relearn.png``). A relearning folder's columns are those of its largest ``k``.
+
+    Raises:
+        ValueError: a folder with neither file, or two results of one attack for one method.
+    """
+    values: dict[str, dict[str, Optional[str]]] = {}
+    settings, figures = [], []
+
+    def put(method: str, column: str, value: Optional[str], source: Path) -> None:
+        row = values.setdefault(method, {})
+        if column in row:
+            raise ValueError(f"--attacks: two {column!r} results for method {method!r} (the second in {source}); "
+                             "give one audit and one relearning folder per method.")
+        row[column] = value
+
+    for path in map(Path, paths):
+        if (path / ULIRA_FILENAME).is_file():
+            record = json.loads((path / ULIRA_FILENAME).read_text())
+            options = record["settings"]
+            for method, result in record["models"].items():
+                put(method, "U-LiRA acc.", f"{100 * result['balanced_accuracy']:.2f}", path)
+                put(method, "U-LiRA AUC", f"{100 * result['auc']:.2f}", path)
+            settings.append(f"U-LiRA (`{path}`): {options['runs']} shadow runs, an audit set of "
+                            f"{options['audit_size']} samples, seed {options['seed']}")
+            figures.append((path / "roc.png", f"U-LiRA ROC, {options['runs']} runs, audit set {options['audit_size']}"))
+        elif (path / RELEARN_FILENAME).is_file():
+            record = json.loads((path / RELEARN_FILENAME).read_text())
+            options, k = record["settings"], max(record["k"], key=int)
+            entry = record["k"][k]
+            steps = entry["steps_to_recover"]
+            put(record["method"], "relearn area", f"{entry['area_vs_retrain']:.2f}", path)
+            put(record["method"], "relearn steps", "never" if steps is None else str(steps), path)
+            words = (f"relearning of {record['method']} (`{path}`): k = {k} forget samples, Adam lr {options['lr']:g}, "
+                     f"{options['steps']} steps, batch {options['batch_size']}, seed {options['seed']}")
+            settings.append(words)
+            figures.append((path / "relearn.png", words.split(" (`")[0] + f", k up to {k}, lr {options['lr']:g}"))
+        else:
+            raise ValueError(f"--attacks {path}: no {ULIRA_FILENAME} (salun audit --out) or {RELEARN_FILENAME} "
+                             "(salun relearn --out) there.")
+    return Attacks(values, settings, [(png, caption) for png, caption in figures if png.is_file()])
 
 
 @dataclass(frozen=True)
@@ -316,22 +375,37 @@ def _cell(values: np.ndarray) -> str:
     return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
 
 
-def _markdown_table(summaries: list[_MethodSummary]) -> str:
+def _markdown_table(summaries: list[_MethodSummary], attacks: Optional[Attacks] = None) -> str:
     columns = summaries[0].runs[0].kind.columns
-    headers = [{"retained_accuracy": "retained acc."}.get(column, column) for column in columns]
+    extra = [c for c in ATTACK_COLUMNS if attacks and any(c in row for row in attacks.values.values())]
+    headers = [{"retained_accuracy": "retained acc."}.get(column, column) for column in columns] + extra
     lines = [
         "| method | forget set | " + " | ".join(headers) + " |",
-        "| --- | --- | " + " | ".join("---:" for _ in columns) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in headers) + " |",
     ]
     for summary in summaries:
         forget_sets = summary.forget_sets.replace("|", "\\|")
-        cells = " | ".join(_cell(summary.columns[c]) for c in columns)
-        lines.append(f"| {summary.method} | {forget_sets} | {cells} |")
+        attacked = attacks.values.get(summary.method, {}) if attacks else {}
+        cells = [_cell(summary.columns[c]) for c in columns] + [attacked.get(c) or "-" for c in extra]
+        lines.append(f"| {summary.method} | {forget_sets} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
+def _attack_section(attacks: Optional[Attacks]) -> str:
+    """The attacks' settings and figures (copied beside the report as ``attack_<n>.png``), if any were given."""
+    if attacks is None or not attacks.settings:
+        return ""
+    lines = "".join(f"- {line}\n" for line in attacks.settings)
+    images = "".join(f"![{caption}](attack_{n}.png)\n" for n, (_, caption) in enumerate(attacks.figures))
+    return (f"## Attacks\n\nU-LiRA acc. and AUC in percent (50: the forgotten samples look never seen); relearn area: "
+            "the mean over the evaluated steps of the method's forget accuracy minus retrain's under the same "
+            "fine-tuning (points; 0: it relearns as retrain does); relearn steps: steps until the original model's "
+            f"forget accuracy is back (never: not within the budget).\n\n{lines}\n{images}\n")
+
+
 def _markdown_document(
-    table: str, summaries: list[_MethodSummary], retrain: str, skipped: list[Skipped], mixed: list[str]
+    table: str, summaries: list[_MethodSummary], retrain: str, skipped: list[Skipped], mixed: list[str],
+    attacks: Optional[Attacks] = None,
 ) -> str:
     def forget_set(run: _Run) -> str:
         return f" (forget set {run.scenario}, {_short_id(run.forget_set_id)})" if run.scenario is not None else ""
@@ -341,7 +415,7 @@ def _markdown_document(
         for summary in summaries
         for run in summary.runs
     )
-    sections = f"## Runs\n\n{runs}\n"
+    sections = f"{_attack_section(attacks)}## Runs\n\n{runs}\n"
     if skipped:
         sections += "\n## Skipped\n\n" + "".join(f"- `{entry.path}`: {entry.reason}\n" for entry in skipped)
     warnings = "".join(
@@ -424,6 +498,7 @@ def build_report(
     out_dir: Optional[PathLike] = None,
     retrain: str = "retrain",
     allow_mixed_forget_sets: bool = False,
+    attacks: Sequence[PathLike] = (),
 ) -> str:
     """Markdown table of the forget set, UA, RA, TA, MIA, Avg. Gap and RTE per method, from the runs' files.
 
@@ -449,6 +524,9 @@ def build_report(
         retrain: method name of the reference runs.
         allow_mixed_forget_sets: compare runs of different forget sets on purpose: the report is built and
             ``report.md`` carries a warning saying how they differ.
+        attacks: ``salun audit`` and ``salun relearn`` output folders: their results become the columns of
+            :data:`ATTACK_COLUMNS` (``-`` for a method they did not attack), and ``report.md`` names each attack's
+            settings and shows its ROC or relearning curves (copied beside it).
 
     Raises:
         ValueError: if no entry is a finished run directory (the message lists each entry and why it was
@@ -479,7 +557,7 @@ def build_report(
         >>> sorted(path.name for path in runs.iterdir())
         ['report.md', 'report.png', 'retrain', 'salun']
     """
-    return make_report(run_dirs, out_dir, retrain, allow_mixed_forget_sets).table
+    return make_report(run_dirs, out_dir, retrain, allow_mixed_forget_sets, attacks).table
 
 
 @dataclass(frozen=True)
@@ -496,24 +574,30 @@ def make_report(
     out_dir: Optional[PathLike] = None,
     retrain: str = "retrain",
     allow_mixed_forget_sets: bool = False,
+    attacks: Sequence[PathLike] = (),
 ) -> Report:
     """:func:`build_report`, also returning the skipped entries and the warnings about mixed forget sets."""
+    attack_results = read_attacks(attacks) if attacks else None
     runs, skipped = _read_runs(run_dirs)
-    table, warnings = _build(runs, skipped, out_dir, retrain, allow_mixed_forget_sets)
+    table, warnings = _build(runs, skipped, out_dir, retrain, allow_mixed_forget_sets, attack_results)
     return Report(table, skipped, warnings)
 
 
 def _build(
-    runs: list[_Run], skipped: list[Skipped], out_dir: Optional[PathLike], retrain: str, allow_mixed: bool
+    runs: list[_Run], skipped: list[Skipped], out_dir: Optional[PathLike], retrain: str, allow_mixed: bool,
+    attacks: Optional[Attacks] = None,
 ) -> tuple[str, list[str]]:
     """The table of :func:`build_report` (files written when ``out_dir`` is given), and the forget-set warnings."""
     mixed = _check_forget_sets(runs, allow_mixed)
     summaries = _summarise(runs, retrain)
-    table = _markdown_table(summaries)
+    table = _markdown_table(summaries, attacks)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        document = _markdown_document(table, summaries, retrain, skipped, mixed).encode()
+        document = _markdown_document(table, summaries, retrain, skipped, mixed, attacks).encode()
         write_atomically(out / "report.md", lambda stream: stream.write(document))
+        for n, (png, _) in enumerate(attacks.figures if attacks else ()):
+            image = png.read_bytes()
+            write_atomically(out / f"attack_{n}.png", lambda stream: stream.write(image))
         write_atomically(out / "report.png", lambda stream: _plot_gaps(summaries, retrain, stream))
     return table, mixed

@@ -537,3 +537,52 @@ def test_the_plot_has_a_panel_per_metric_each_on_its_own_scale(tmp_path):
     assert sorted(label.get_text() for label in panels["|UA - retrain|"].get_yticklabels()) == ["ft", "salun"]
     assert panels["|UA - retrain|"].get_xlim()[1] > 50
     assert 0.1 < panels["|RA - retrain|"].get_xlim()[1] < 0.2  # a 0.1-point gap fills most of its panel
+
+
+# ---------------------------------------------------------------------------------------------------- attacks
+def write_attacks(root: Path) -> tuple[Path, Path]:
+    """An audit folder (ulira.json for salun and retrain, roc.png) and a relearning folder for salun."""
+    audit, relearned = root / "audit", root / "relearn_salun"
+    audit.mkdir()
+    relearned.mkdir()
+    (audit / "ulira.json").write_text(json.dumps({
+        "settings": {"runs": 16, "audit_size": 200, "seed": 0},
+        "models": {"salun": {"balanced_accuracy": 0.5237, "auc": 0.5483}, "retrain": {"balanced_accuracy": 0.4957,
+                                                                                      "auc": 0.4963}}}))
+    (audit / "roc.png").write_bytes(b"roc image")
+    (relearned / "relearn.json").write_text(json.dumps({
+        "settings": {"lr": 1e-4, "steps": 200, "batch_size": 128, "seed": 1}, "method": "salun",
+        "k": {"0": {"area_vs_retrain": 1.0, "steps_to_recover": None},
+              "10": {"area_vs_retrain": 37.74, "steps_to_recover": 64}}}))
+    (relearned / "relearn.png").write_bytes(b"relearn image")
+    return audit, relearned
+
+
+def test_attack_folders_become_columns_and_their_figures_sit_beside_the_report(tmp_path):
+    write_run(tmp_path, "retrain", "retrain", 0, 5.0, 100.0, 94.0, 12.0, 40.0)
+    write_run(tmp_path, "salun", "salun", 0, 4.0, 99.0, 93.0, 14.0, 2.0)
+    write_run(tmp_path, "rl", "rl", 0, 3.0, 99.0, 93.0, 14.0, 2.0)
+    (tmp_path / "attacks").mkdir()
+    audit, relearned = write_attacks(tmp_path / "attacks")
+    out = tmp_path / "report"
+    table = build_report([tmp_path / "retrain", tmp_path / "salun", tmp_path / "rl"], out, attacks=[audit, relearned])
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines()[2:]}
+    assert table.splitlines()[0].endswith("| RTE | U-LiRA acc. | U-LiRA AUC | relearn area | relearn steps |")
+    assert rows["salun"][-4:] == ["52.37", "54.83", "37.74", "64 |"]  # the largest k's relearning
+    assert rows["retrain"][-4:] == ["49.57", "49.63", "-", "- |"] and rows["rl"][-4:] == ["-", "-", "-", "- |"]
+    document = (out / "report.md").read_text()
+    assert "16 shadow runs, an audit set of 200 samples, seed 0" in document
+    assert "k = 10 forget samples, Adam lr 0.0001, 200 steps, batch 128, seed 1" in document
+    assert (out / "attack_0.png").read_bytes() == b"roc image" and (out / "attack_1.png").read_bytes() == b"relearn image"
+    assert "![U-LiRA ROC, 16 runs, audit set 200](attack_0.png)" in document
+
+
+def test_bad_attack_folders_are_refused_before_anything_is_written(tmp_path):
+    write_run(tmp_path, "retrain", "retrain", 0, 5.0, 100.0, 94.0, 12.0, 40.0)
+    (tmp_path / "attacks").mkdir()
+    audit, relearned = write_attacks(tmp_path / "attacks")
+    with pytest.raises(ValueError, match=r"--attacks .*retrain: no ulira.json \(salun audit --out\) or relearn.json"):
+        build_report([tmp_path / "retrain"], tmp_path / "out", attacks=[tmp_path / "retrain"])
+    with pytest.raises(ValueError, match="two 'relearn area' results for method 'salun'"):
+        build_report([tmp_path / "retrain"], tmp_path / "out", attacks=[relearned, relearned])
+    assert not (tmp_path / "out").exists()
