@@ -579,3 +579,19 @@ def test_excluded_indices_are_in_no_part_and_change_the_forget_sets_identity(tmp
     assert data.forget_set_id != plain.forget_set_id
     with pytest.raises(FileNotFoundError, match="exclude_indices_file .* to hold out of every split"):
         UnlearningDataModule("digits", forget_fraction=0.1, exclude_indices_file=str(tmp_path / "no.txt")).setup("x")
+
+
+def test_a_tiny_last_training_batch_is_warned_about_and_a_full_one_is_not(tmp_path, recwarn):
+    data = digits(tmp_path, forget_fraction=0.1, val_size=0, stream="retain")
+    data.setup()
+    retained = len(data.split.retain)
+    tiny = digits(tmp_path, forget_fraction=0.1, val_size=0, stream="retain", batch_size=retained - 3)
+    tiny.setup()
+    assert retained % tiny.hparams.batch_size == 3  # every epoch ends with a batch of 3
+    with pytest.warns(UserWarning, match=rf"ends a block of {retained} samples with a batch of 3 \(batch_size "):
+        tiny.train_dataloader()
+    whole = digits(tmp_path, forget_fraction=0.1, val_size=0, stream="retain", batch_size=retained)
+    whole.setup()
+    recwarn.clear()
+    whole.train_dataloader()
+    assert not [w for w in recwarn if "ends a block" in str(w.message)]

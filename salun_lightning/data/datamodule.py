@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.fabric.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
@@ -41,6 +41,9 @@ from salun_lightning.runs import (
 STREAMS = ("full", "retain", "forget", "forget_retain", "paired", "none")
 SCHEDULES = ("sequential", "interleaved")
 FORGET_SETS = ("random", "class", "indices")
+
+
+TINY_LAST_BATCH = 0.1  # a training block's last batch under this share of batch_size gets a warning
 
 
 class IndexedImageDataset(Dataset):
@@ -548,7 +551,19 @@ class UnlearningDataModule(ImageSourceDataModule):
         return self._shuffled_loader(blocks)
 
     def _shuffled_loader(self, blocks: list[Tensor]) -> DataLoader:
-        """A training loader streaming ``blocks`` one after the other, each shuffled and in batches of its own."""
+        """A training loader streaming ``blocks`` one after the other, each shuffled and in batches of its own.
+
+        Warns when a block ends every epoch in a tiny batch (under :data:`TINY_LAST_BATCH` of ``batch_size``): with
+        BatchNorm such a batch normalises by its own few samples, and at a large learning rate it can keep a model
+        from fitting its training set (docs/results.md, 'The memorising regime at an equal budget')."""
+        batch = self.hparams.batch_size
+        for block in blocks:
+            last = len(block) % batch
+            if 0 < last < TINY_LAST_BATCH * batch:
+                rank_zero_warn(f"every training epoch ends a block of {len(block)} samples with a batch of {last} "
+                               f"(batch_size {batch}): with BatchNorm a batch that small normalises by its own few "
+                               "samples and can keep the model from fitting; choose a batch_size that leaves a fuller "
+                               "last batch.")
         indices = torch.cat(blocks)
         shards = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
         sampler = ShuffledBlocksSampler(
