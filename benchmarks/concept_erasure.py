@@ -313,6 +313,12 @@ def evaluate(experiment: str, name: str, run: Optional[Path], args: argparse.Nam
     return record
 
 
+def judged(base: Path, per_prompt: int, sample_steps: int) -> argparse.Namespace:
+    """What :func:`evaluate` reads, for judging other runs against a finished run's original model and judge in
+    ``base`` (``benchmarks/tuned_concept_erasure.py``, ``benchmarks/concept_revival.py``)."""
+    return argparse.Namespace(out=base, per_prompt=per_prompt, sample_steps=sample_steps, train_steps=None)
+
+
 def real_normal(exclude: Optional[int] = None) -> Tensor:
     """The real normal-style test digits (uint8, 16x16), FID's reference; without digit ``exclude``."""
     test = two_style_digits()["test"]

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from concept_erasure import Inline, evaluate  # noqa: E402
+from concept_erasure import Inline, evaluate, judged  # noqa: E402
 from ddpm_digits import quiet  # noqa: E402
 
 from salun_lightning.diffusion.revival import revive  # noqa: E402
@@ -63,22 +63,18 @@ def erased_runs(args: argparse.Namespace) -> dict[str, dict[str, Path]]:
     return runs
 
 
-def judged(args: argparse.Namespace) -> argparse.Namespace:
-    return argparse.Namespace(out=args.base, per_prompt=args.per_prompt, sample_steps=args.sample_steps,
-                              train_steps=None)
-
-
 def attack(experiment: str, model: str, run: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Judge ``run``, then revive it at every step count and once on the control class; resumable per fit."""
     quiet(1)
     key = ERASED[experiment]
     out = args.out / experiment / model
+    evaluation = judged(args.base, args.per_prompt, args.sample_steps)
 
     def judge(name: str, directory: Optional[Path]) -> dict[str, Any]:
         path = out / f"{name}.json"
         if path.is_file():
             return json.loads(path.read_text())
-        record = evaluate(experiment, f"{model}_{name}", directory, judged(args), None, into=out / name)
+        record = evaluate(experiment, f"{model}_{name}", directory, evaluation, None, into=out / name)
         write_json(path, record)
         return record
 

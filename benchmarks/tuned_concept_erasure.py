@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from concept_erasure import OBJECT_RUNS, STYLE_RUNS, Inline, data_args, evaluate  # noqa: E402
+from concept_erasure import OBJECT_RUNS, STYLE_RUNS, Inline, data_args, evaluate, judged  # noqa: E402
 from ddpm_digits import fit, quiet  # noqa: E402
 
 from salun_lightning.diffusion.methods import METHODS  # noqa: E402
@@ -76,19 +76,14 @@ def space_of(method: str, narrowings: tuple[str, ...] = ()) -> dict[str, Any]:
     return parse_space([n for n in narrowings if n.split("=", 1)[0] in space], space)
 
 
-def judged(args: argparse.Namespace) -> argparse.Namespace:
-    """The namespace ``concept_erasure.evaluate`` reads: the base run's folder and this run's evaluation sizes."""
-    return argparse.Namespace(out=args.base, per_prompt=args.per_prompt, sample_steps=args.sample_steps,
-                              train_steps=None)
-
-
 def originals(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The original model judged in each experiment (once; ``<out>/originals.json``)."""
     path = args.out / ORIGINALS
     settings = {"base": str(args.base.resolve()), "per_prompt": args.per_prompt, "sample_steps": args.sample_steps}
     if path.is_file() and json.loads(path.read_text())["settings"] == settings:
         return json.loads(path.read_text())["experiments"]
-    records = {e: evaluate(e, "original", None, judged(args), None, into=args.out / f"original_{e}") for e in EXPERIMENTS}
+    evaluation = judged(args.base, args.per_prompt, args.sample_steps)
+    records = {e: evaluate(e, "original", None, evaluation, None, into=args.out / f"original_{e}") for e in EXPERIMENTS}
     write_json(path, {"settings": settings, "experiments": records})
     return records
 
@@ -101,12 +96,13 @@ def study(experiment: str, method: str, args: argparse.Namespace, original: dict
                       else (args.base / "object_data", "forget"))
     erased = "style_erasure" if experiment == "style" else "UA"
     space = space_of(method, tuple(args.space))
+    evaluation = judged(args.base, args.per_prompt, args.sample_steps)
 
     def score(values: dict[str, Any], directory: Path) -> tuple[float, dict[str, Any]]:
         overrides = [f"{fit_option(name)}={value}" for name, value in values.items()]
         minutes = fit(config, directory, f"--model.init_args.pretrained={args.base / 'train'}", *extra,
                       *data_args(folder, forget, args.base / "cache"), *overrides)
-        record = evaluate(experiment, directory.name, directory, judged(args),
+        record = evaluate(experiment, directory.name, directory, evaluation,
                           {"method": method, "steps": values["max_steps"], "minutes": minutes}, into=directory)
         value = erasure_objective(record[erased], record["retained_digit_accuracy"],
                                   original["retained_digit_accuracy"])

@@ -109,10 +109,10 @@ def read_attacks(paths: Sequence[PathLike]) -> Attacks:
             steps = entry["steps_to_recover"]
             put(record["method"], "relearn area", f"{entry['area_vs_retrain']:.2f}", path)
             put(record["method"], "relearn steps", "never" if steps is None else str(steps), path)
-            words = (f"relearning of {record['method']} (`{path}`): k = {k} forget samples, Adam lr {options['lr']:g}, "
-                     f"{options['steps']} steps, batch {options['batch_size']}, seed {options['seed']}")
-            settings.append(words)
-            figures.append((path / "relearn.png", words.split(" (`")[0] + f", k up to {k}, lr {options['lr']:g}"))
+            settings.append(f"relearning of {record['method']} (`{path}`): k = {k} forget samples, Adam lr "
+                            f"{options['lr']:g}, {options['steps']} steps, batch {options['batch_size']}, seed "
+                            f"{options['seed']}")
+            figures.append((path / "relearn.png", f"relearning of {record['method']}, k up to {k}, lr {options['lr']:g}"))
         else:
             raise ValueError(f"--attacks {path}: no {ULIRA_FILENAME} (salun audit --out) or {RELEARN_FILENAME} "
                              "(salun relearn --out) there.")

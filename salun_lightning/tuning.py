@@ -237,6 +237,14 @@ def suggest(trial: Any, space: dict[str, SearchRange], integer: frozenset[str]) 
     return values
 
 
+def check_budget(trials: int, sampler: str) -> None:
+    """Refuse a budget under one trial or an unknown sampler (before any work)."""
+    if trials < 1:
+        raise ValueError(f"--trials {trials}: give at least 1.")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}.")
+
+
 def scored_trial(trial: Any, space: dict[str, SearchRange], integer: frozenset[str], study_dir: Path,
                  score: TrialScore) -> float:
     """One trial of any study: draw its values, let ``score`` fit and judge them in ``<study>/trial_<N>`` and keep
@@ -271,10 +279,7 @@ def run_study(study_dir: Path, trials: int, settings: dict[str, Any], space: dic
     """
     import optuna
 
-    if trials < 1:
-        raise ValueError(f"--trials {trials}: give at least 1.")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}.")
+    check_budget(trials, sampler)
     study_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(study_dir / STORAGE_FILENAME).resolve()}"
     settings = {**settings, "sampler": sampler}
@@ -316,10 +321,7 @@ def tune(fit_args: Sequence[str], study_dir: Path, trials: int, reference_dir: O
         ValueError: bad arguments (see :func:`make_plan`, :func:`read_reference`, :func:`run_study`), or a study of
             other settings at ``storage``.
     """
-    if trials < 1:
-        raise ValueError(f"--trials {trials}: give at least 1.")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}.")
+    check_budget(trials, sampler)
     if objective.name == "avg_gap" and reference_dir is None:
         raise ValueError("the Avg. Gap needs a reference run: pass --reference <retrain run directory>, or choose "
                          "another --objective.")

@@ -177,14 +177,19 @@ def test_every_method_declares_what_a_tuner_searches():
     assert METHODS["bs"].tuning_space(masked=False)["epsilon"].log
 
 
-def test_the_method_page_lists_every_methods_search_space():
-    page = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
-    table = page.split("### What `salun tune` searches", 1)[1].split("\n\n")[2]
+def method_page_rows(table: str) -> dict[str, str]:
+    """A docs/method.md table's rows by method name (a row naming several methods counts for each)."""
     rows = {}
     for line in table.splitlines()[2:]:
         names, rest = line.split("|")[1], "|".join(line.split("|")[2:])
         for name in names.replace("`", "").split(","):
             rows[name.strip()] = rest
+    return rows
+
+
+def test_the_method_page_lists_every_methods_search_space():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
+    rows = method_page_rows(page.split("### What `salun tune` searches", 1)[1].split("\n\n")[2])
     for name, method in METHODS.items():
         if name in ("train", "retrain"):
             continue
@@ -243,12 +248,7 @@ def test_the_method_page_lists_every_diffusion_methods_search_space():
     from salun_lightning.diffusion.methods import METHODS as DIFFUSION_METHODS
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
-    table = page.split("| diffusion method |", 1)[1].split("\n\n")[0]
-    rows = {}
-    for line in table.splitlines()[2:]:
-        names, rest = line.split("|")[1], "|".join(line.split("|")[2:])
-        for name in names.replace("`", "").split(","):
-            rows[name.strip()] = rest
+    rows = method_page_rows("| diffusion method |" + page.split("| diffusion method |", 1)[1].split("\n\n")[0])
     for name, method in DIFFUSION_METHODS.items():
         if name in ("train", "retrain", "relearn"):  # relearn is the revival attack's fine-tuning: nothing to tune
             continue
