@@ -143,8 +143,8 @@ def relearn(run_dir: Path, reference_dir: Path, out: Path, ks: Sequence[int] = (
     original = build_classifier(hp.model, hp.num_classes, hp.in_channels)
     load_weights(original, hp.original_weights, "the original model")
     permutation = forget[torch.randperm(len(forget), generator=torch.Generator().manual_seed(seed))]
-    settings = {"run": str(run_dir), "reference": str(reference_dir), "ks": list(ks), "steps": steps, "lr": lr,
-                "batch_size": batch_size, "seed": seed, "optimizer": "adam"}
+    settings = {"run": str(run_dir), "reference": str(reference_dir), "forget_set_id": record_run["id"],
+                "ks": list(ks), "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed, "optimizer": "adam"}
     record: dict[str, Any] = {"settings": settings, "method": module.hparams.method, "k": {}}
     for k in ks:
         held_out = permutation[k:]

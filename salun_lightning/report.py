@@ -30,7 +30,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional, TypeVar, Union
 
@@ -68,11 +68,13 @@ RELEARN_FILENAME = "relearn.json"
 
 @dataclass(frozen=True)
 class Attacks:
-    """What the attack folders say per method (``values``), each folder's settings in words, and their figures."""
+    """What the attack folders say per method (``values``), each folder's settings in words, their figures, and the
+    forget set each relearning attack's run forgot (``attacked``: method -> (forget-set id, folder))."""
 
     values: dict[str, dict[str, Optional[str]]]
     settings: list[str]
     figures: list[tuple[Path, str]]  # (a PNG the attack wrote, its caption)
+    attacked: dict[str, tuple[str, Path]] = field(default_factory=dict)
 
 
 def read_attacks(paths: Sequence[PathLike]) -> Attacks:
@@ -84,6 +86,7 @@ def read_attacks(paths: Sequence[PathLike]) -> Attacks:
     """
     values: dict[str, dict[str, Optional[str]]] = {}
     settings, figures = [], []
+    attacked: dict[str, tuple[str, Path]] = {}
 
     def put(method: str, column: str, value: Optional[str], source: Path) -> None:
         row = values.setdefault(method, {})
@@ -113,10 +116,17 @@ def read_attacks(paths: Sequence[PathLike]) -> Attacks:
                             f"{options['lr']:g}, {options['steps']} steps, batch {options['batch_size']}, seed "
                             f"{options['seed']}")
             figures.append((path / "relearn.png", f"relearning of {record['method']}, k up to {k}, lr {options['lr']:g}"))
+            forget_set_id = options.get("forget_set_id")
+            attacked_dir = options.get("run")  # a relearn.json from before the id was recorded: the run's own
+            if forget_set_id is None and attacked_dir is not None and Path(attacked_dir).is_dir():
+                attacked_run = read_forget_set(attacked_dir)
+                forget_set_id = attacked_run["id"] if attacked_run is not None else None
+            if forget_set_id is not None:
+                attacked[record["method"]] = (forget_set_id, path)
         else:
             raise ValueError(f"--attacks {path}: no {ULIRA_FILENAME} (salun audit --out) or {RELEARN_FILENAME} "
                              "(salun relearn --out) there.")
-    return Attacks(values, settings, [(png, caption) for png, caption in figures if png.is_file()])
+    return Attacks(values, settings, [(png, caption) for png, caption in figures if png.is_file()], attacked)
 
 
 @dataclass(frozen=True)
@@ -318,6 +328,18 @@ def _check_forget_sets(runs: list[_Run], allow_mixed: bool) -> list[str]:
     if problems and not allow_mixed:
         raise ValueError(". ".join(problems) + ". " + MIXED_FORGET_SETS_HINT)
     return problems
+
+
+def _check_attacked_forget_sets(runs: list[_Run], attacks: Attacks) -> None:
+    """Refuse a relearning attack made on a run of another forget set than the report's runs of its method (runs
+    without a ``forget_set.json`` are not checked)."""
+    for method, (forget_set_id, folder) in attacks.attacked.items():
+        known = {run.forget_set_id for run in runs if run.method == method and run.forget_set_id is not None}
+        if known and forget_set_id not in known:
+            forgot = ", ".join(sorted(_short_id(i) for i in known))
+            raise ValueError(f"--attacks {folder}: its relearning attack was made on a {method} run of forget set "
+                             f"{_short_id(forget_set_id)}, but the report's {method} runs forgot {forgot}; attack "
+                             f"one of these runs (salun relearn RUN --out DIR) or leave that folder out.")
 
 
 def _summarise(runs: list[_Run], retrain: str) -> list[_MethodSummary]:
@@ -535,7 +557,8 @@ def build_report(
             (unless ``allow_mixed_forget_sets``; the message names the runs on each side with their scenario,
             seed and forget-set id); no run directories, two runs with the same method and seed, no ``retrain``
             run, or a run whose seed has no ``retrain`` run (classifier runs); classifier and diffusion runs
-            mixed, or FIDs from different feature extractors.
+            mixed, or FIDs from different feature extractors; a relearning attack in ``attacks`` made on a run of
+            another forget set than the report's runs of its method.
 
     Example::
 
@@ -589,6 +612,8 @@ def _build(
 ) -> tuple[str, list[str]]:
     """The table of :func:`build_report` (files written when ``out_dir`` is given), and the forget-set warnings."""
     mixed = _check_forget_sets(runs, allow_mixed)
+    if attacks is not None:
+        _check_attacked_forget_sets(runs, attacks)
     summaries = _summarise(runs, retrain)
     table = _markdown_table(summaries, attacks)
     if out_dir is not None:

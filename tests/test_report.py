@@ -586,3 +586,24 @@ def test_bad_attack_folders_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="two 'relearn area' results for method 'salun'"):
         build_report([tmp_path / "retrain"], tmp_path / "out", attacks=[relearned, relearned])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_relearning_attack_on_another_forget_set_is_refused_before_anything_is_written(tmp_path):
+    write_run(tmp_path, "retrain", "retrain", 0, 5.0, 100.0, 94.0, 12.0, 40.0)
+    write_run(tmp_path, "salun", "salun", 0, 4.0, 99.0, 93.0, 14.0, 2.0)
+    other = write_run(tmp_path / "elsewhere", "salun", "salun", 1, 4.0, 99.0, 93.0, 14.0, 2.0)  # seed 1's forget set
+    (tmp_path / "attacks").mkdir()
+    _, relearned = write_attacks(tmp_path / "attacks")
+    record = json.loads((relearned / "relearn.json").read_text())
+    runs, out = [tmp_path / "retrain", tmp_path / "salun"], tmp_path / "out"
+    for settings in ({"forget_set_id": forget_set_id(RANDOM10, 1)}, {"run": str(other)}):  # recorded, or the run's
+        (relearned / "relearn.json").write_text(json.dumps({**record, "settings": {**record["settings"], **settings}}))
+        with pytest.raises(ValueError, match=re.escape(
+                f"--attacks {relearned}: its relearning attack was made on a salun run of forget set "
+                f"{forget_set_id(RANDOM10, 1)[:19]}, but the report's salun runs forgot "
+                f"{forget_set_id(RANDOM10, 0)[:19]}; attack one of these runs")):
+            build_report(runs, out, attacks=[relearned])
+        assert not out.exists()
+    attacked = {**record["settings"], "forget_set_id": forget_set_id(RANDOM10, 0)}  # the report's own salun run
+    (relearned / "relearn.json").write_text(json.dumps({**record, "settings": attacked}))
+    assert "| 37.74 | 64 |" in build_report(runs, out, attacks=[relearned])
