@@ -180,7 +180,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     finally:
         pool.shutdown()
     summary: dict[str, Any] = {
-        "trials": args.trials, "objective": erasure_objective.__doc__.splitlines()[0].strip(),
+        "trials": args.trials, "objective": " ".join(erasure_objective.__doc__.split("\n\n")[0].split()),
         "space": {m: {k: [r.low, r.high, r.log] for k, r in space_of(m, tuple(args.space)).items()}
                   for m in args.methods},
         "settings": {"base": str(args.base), "per_prompt": args.per_prompt, "sample_steps": args.sample_steps},

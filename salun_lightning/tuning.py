@@ -9,7 +9,9 @@ reported metric with a direction. Optuna keeps the study in ``<study>/study.db``
 an interrupted study resumes: a finished trial is never run again, a trial cut off is run again with its values.
 
 The budget is the number of trials (``--trials``, counting every trial that finished or failed on its own) and the
-config's epochs per trial; Optuna's TPE sampler (seeded) and no pruner, the same rule for every method.
+config's epochs per trial; Optuna's TPE sampler (seeded: the n-th draw of a study with ``--sampler-seed`` s from a
+sampler seeded s + n, so an interrupted study draws what an uninterrupted one would) and no pruner, the same rule for
+every method.
 
 Example::
 
@@ -219,6 +221,11 @@ def recover_interrupted(study: Any) -> list[int]:
     return recovered
 
 
+def drawn(trials: Sequence[Any]) -> int:
+    """Trials whose values the sampler drew (not the re-runs of a cut-off trial's values)."""
+    return sum("retry_of" not in t.user_attrs for t in trials)
+
+
 def counted(trials: Sequence[Any]) -> int:
     """Trials that use up the budget: finished ones, and ones that failed on their own (not cut off)."""
     from optuna.trial import TrialState
@@ -284,8 +291,9 @@ def run_study(study_dir: Path, trials: int, settings: dict[str, Any], space: dic
     storage = storage or f"sqlite:///{(study_dir / STORAGE_FILENAME).resolve()}"
     settings = {**settings, "sampler": sampler}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    make_sampler = getattr(optuna.samplers, SAMPLERS[sampler])
     study = optuna.create_study(storage=storage, study_name=study_name or study_dir.name, load_if_exists=True,
-                                direction=direction, sampler=getattr(optuna.samplers, SAMPLERS[sampler])(seed=sampler_seed))
+                                direction=direction, sampler=make_sampler(seed=sampler_seed))
     bound = study.user_attrs.get("settings")
     if bound is None:
         study.set_user_attr("settings", settings)
@@ -300,14 +308,12 @@ def run_study(study_dir: Path, trials: int, settings: dict[str, Any], space: dic
     title = title or f"tuning for {direction} {objective}: budget {trials} trials"
     print(f"{title}, {counted(study.trials)} done, study {study_dir}")
 
-    def stop_when_spent(study: Any, _: Any) -> None:
-        if counted(study.get_trials(deepcopy=False)) >= trials:
-            study.stop()
-
-    remaining = trials - counted(study.trials)
-    if remaining > 0:
-        study.optimize(lambda trial: scored_trial(trial, space, integer, study_dir, score), n_trials=remaining,
-                       catch=(Exception,), callbacks=[stop_when_spent])
+    while counted(study.get_trials(deepcopy=False)) < trials:
+        # The n-th draw comes from a sampler seeded with sampler_seed + n, so a resumed study draws what an
+        # uninterrupted one would have (one stream per process would repeat the first draws after a restart).
+        study.sampler = make_sampler(seed=sampler_seed + drawn(study.get_trials(deepcopy=False)))
+        study.optimize(lambda trial: scored_trial(trial, space, integer, study_dir, score), n_trials=1,
+                       catch=(Exception,))
     write_summary(study, study_dir, objective)
     return study
 

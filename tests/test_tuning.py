@@ -256,3 +256,19 @@ def test_the_method_page_lists_every_diffusion_methods_search_space():
             found = re.search(rf"`{tuned}` ([\d.e+-]+) to ([\d.e+-]+)(, log)?", rows[name])
             assert found, (name, tuned)
             assert (float(found[1]), float(found[2]), bool(found[3])) == (bounds.low, bounds.high, bounds.log)
+
+
+def test_a_resumed_study_draws_what_an_uninterrupted_one_would(tmp_path):
+    from salun_lightning.tuning import run_study
+
+    space = {"lr": SearchRange(1e-5, 1e-1, log=True)}
+
+    def study(directory: Path, trials: int) -> list[float]:
+        done = run_study(directory, trials, {"case": "draws"}, space, frozenset(), lambda values, _: (values["lr"], {}),
+                         "lr", "minimize")
+        return [t.params["lr"] for t in done.trials]
+
+    uninterrupted = study(tmp_path / "whole", 4)
+    study(tmp_path / "resumed", 2)  # stopped after two trials, then started again (a new sampler each time)
+    resumed = study(tmp_path / "resumed", 4)
+    assert resumed == uninterrupted and len(set(resumed)) == 4
