@@ -18,7 +18,8 @@ erasure %, or UA for the object: 100 means still erased). Prints a table per exp
 "control": erasure, "retained_digit_accuracy_after"}}}}`` (``after`` at the largest step count); ``--merge-into``
 adds ``concept_revival`` to ``docs/results/strong_evaluation.json``.
 
-    python benchmarks/concept_revival.py --base runs/concept_erasure_dr1000 [--tuned docs/results/tuned_concept_erasure.json]
+    python benchmarks/concept_revival.py --base runs/concept_erasure_dr1000
+        [--tuned docs/results/tuned_concept_erasure.json]
         [--steps 10 50 200] [--lr 1e-4] [--out runs/concept_revival] [--json docs/results/concept_revival.json]
 """
 
@@ -146,7 +147,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                   + f" | {row['control']:.2f} | {row['retained_digit_accuracy_after']:.2f} |")
     settings = {"steps": args.steps, "lr": args.lr, "batch_size": 128, "per_prompt": args.per_prompt,
                 "sample_steps": args.sample_steps, "base": str(args.base), "tuned": str(args.tuned),
-                "machine": f"{platform.machine()}, {args.jobs} processes of 1 torch thread, torch {torch.__version__}",
+                "machine": (f"{platform.machine()}, {args.jobs} process{'es' if args.jobs > 1 else ''} of 1 torch "
+                            f"thread, torch {torch.__version__}"),
                 "minutes": (time.perf_counter() - started) / 60}
     print(f"\n{settings['minutes']:.1f} min on {settings['machine']}")
     summary = {"settings": settings, "concept_revival": revival}

@@ -126,15 +126,16 @@ def study(experiment: str, method: str, args: argparse.Namespace, original: dict
 def table(experiment: str, original: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
     erased = "style erasure %" if experiment == "style" else "UA (digit 0)"
     key = "style_erasure" if experiment == "style" else "UA"
+    retained = original["retained_digit_accuracy"]
     lines = [f"| method | objective | {erased} | retained digit acc. | FID | steps | lr | strength | RTE (min) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
-             f"| original | {erasure_objective(original[key], original['retained_digit_accuracy'], original['retained_digit_accuracy']):.2f} "
-             f"| {original[key]:.2f} | {original['retained_digit_accuracy']:.2f} | {original['FID']:.2f} | - | - | - | - |"]
+             f"| original | {erasure_objective(original[key], retained, retained):.2f} | {original[key]:.2f} "
+             f"| {retained:.2f} | {original['FID']:.2f} | - | - | - | - |"]
     for method, row in sorted(rows.items(), key=lambda item: item[1]["best"]["value"]):
         best, metrics = row["best"], row["best"]["metrics"]
         strength = ", ".join(f"{k}={v:.3g}" for k, v in best["params"].items() if k not in ("lr", "max_steps"))
-        lines.append(f"| {method} | {best['value']:.2f} | {metrics[key]:.2f} | {metrics['retained_digit_accuracy']:.2f} "
-                     f"| {metrics['FID']:.2f} | {best['params']['max_steps']} | {best['params']['lr']:.2e} | "
+        lines.append(f"| {method} | {best['value']:.2f} | {metrics[key]:.2f} "
+                     f"| {metrics['retained_digit_accuracy']:.2f} | {metrics['FID']:.2f} | {best['params']['max_steps']} | {best['params']['lr']:.2e} | "
                      f"{strength or '-'} | {metrics['RTE']:.2f} |")
     return "\n".join(lines)
 
@@ -184,12 +185,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "space": {m: {k: [r.low, r.high, r.log] for k, r in space_of(m, tuple(args.space)).items()}
                   for m in args.methods},
         "settings": {"base": str(args.base), "per_prompt": args.per_prompt, "sample_steps": args.sample_steps},
-        "machine": f"{platform.machine()}, {args.jobs} processes of 1 torch thread, torch {torch.__version__}",
+        "machine": (f"{platform.machine()}, {args.jobs} process{'es' if args.jobs > 1 else ''} of 1 torch thread, "
+                    f"torch {torch.__version__}"),
         "experiments": {e: {"original": original[e], **{m: results[(e, m)] for m in args.methods}}
                         for e in args.experiments}}
     for experiment in args.experiments:
         rows = {m: results[(experiment, m)] for m in args.methods}
-        print(f"\n## {experiment} erasure: {args.trials} trials per method\n\n{table(experiment, original[experiment], rows)}")
+        print(f"\n## {experiment} erasure: {args.trials} trials per method\n")
+        print(table(experiment, original[experiment], rows))
         if args.images is not None:
             for method, row in rows.items():
                 args.images.mkdir(parents=True, exist_ok=True)

@@ -115,7 +115,8 @@ def read_attacks(paths: Sequence[PathLike]) -> Attacks:
             settings.append(f"relearning of {record['method']} (`{path}`): k = {k} forget samples, Adam lr "
                             f"{options['lr']:g}, {options['steps']} steps, batch {options['batch_size']}, seed "
                             f"{options['seed']}")
-            figures.append((path / "relearn.png", f"relearning of {record['method']}, k up to {k}, lr {options['lr']:g}"))
+            figures.append((path / "relearn.png",
+                            f"relearning of {record['method']}, k up to {k}, lr {options['lr']:g}"))
             forget_set_id = options.get("forget_set_id")
             attacked_dir = options.get("run")  # a relearn.json from before the id was recorded: the run's own
             if forget_set_id is None and attacked_dir is not None and Path(attacked_dir).is_dir():

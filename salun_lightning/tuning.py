@@ -362,7 +362,8 @@ def write_summary(study: Any, study_dir: Path, objective: str) -> dict[str, Any]
     from salun_lightning.tuning_plots import plot_study
 
     rows = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-             **{k: t.user_attrs[k] for k in ("metrics", "avg_gap", "error", "run_dir", "retry_of") if k in t.user_attrs}}
+             **{k: t.user_attrs[k] for k in ("metrics", "avg_gap", "error", "run_dir", "retry_of")
+                if k in t.user_attrs}}
             for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     summary: dict[str, Any] = {"settings": study.user_attrs.get("settings"), "trials": rows, "best": None}
