@@ -4,8 +4,8 @@ erased concept, and as a control on unrelated images, then judge its generations
 The erased models are the best trials of ``benchmarks/tuned_concept_erasure.py`` (``--tuned``, its JSON summary) or,
 without it, the runs of a ``benchmarks/concept_erasure.py`` run (``--base``, ``<base>/<experiment>_<method>``); the
 original model is attacked too (its concept was never erased: the ceiling). Every revival is ``salun relearn
-<erased run> --out ...`` (:mod:`salun_lightning.diffusion.revival`): the plain denoising loss, Adam at ``--lr`` (one
-rate for every model), batch 128, on
+<erased run> --out ...`` (:mod:`salun_lightning.diffusion.revival`) pointed at the experiment's data (every model
+alike): the plain denoising loss, Adam at ``--lr`` (one rate for every model), batch 128, on
 
 - style: the real training images in the inverted style (the concept; an attacker with a few artworks), control: the
   normal ones;
@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from concept_erasure import Inline, evaluate, judged  # noqa: E402
+from concept_erasure import Inline, data_args, evaluate, judged  # noqa: E402
 from ddpm_digits import quiet  # noqa: E402
 
 from salun_lightning.diffusion.revival import revive  # noqa: E402
@@ -47,6 +47,8 @@ from salun_lightning.files import write_json  # noqa: E402
 
 EXPERIMENTS = ("style", "object")
 METHODS = ("salun", "esd_x", "esd_u", "fmn")
+DATA = {"style": "data", "object": "object_data"}  # each experiment's image folder in the base run
+CONCEPT = {"style": "inverted", "object": "forget"}  # the erased concept's class there
 CONTROL = {"style": "normal", "object": "retain"}  # the unrelated class of each experiment's data
 ERASED = {"style": "style_erasure", "object": "UA"}
 
@@ -62,6 +64,13 @@ def erased_runs(args: argparse.Namespace) -> dict[str, dict[str, Path]]:
             if (run / "unet").is_dir():
                 runs[experiment][method] = run
     return runs
+
+
+def experiment_data(experiment: str, images: str, args: argparse.Namespace) -> list[str]:
+    """The fit options that fine-tune on the class ``images`` of the experiment's data. Given to every model: the
+    original's own config holds the style data only, so in the object experiment it would otherwise be fine-tuned on
+    the inverted style instead of digit 0."""
+    return data_args(args.base / DATA[experiment], images, args.base / "cache")
 
 
 def attack(experiment: str, model: str, run: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -84,12 +93,12 @@ def attack(experiment: str, model: str, run: Path, args: argparse.Namespace) -> 
     for steps in args.steps:
         target = out / f"revived_{steps}"
         if not (target / "unet" / "config.json").is_file():
-            revive(run, target, steps, args.lr)
+            revive(run, target, steps, args.lr, extra=experiment_data(experiment, CONCEPT[experiment], args))
         record = judge(f"revived_{steps}", target)
         curve[str(steps)], retained = record[key], record["retained_digit_accuracy"]
     control_dir = out / f"control_{max(args.steps)}"
     if not (control_dir / "unet" / "config.json").is_file():
-        revive(run, control_dir, max(args.steps), args.lr, forget_class=CONTROL[experiment])
+        revive(run, control_dir, max(args.steps), args.lr, extra=experiment_data(experiment, CONTROL[experiment], args))
     control = judge(f"control_{max(args.steps)}", control_dir)
     return {"before": before[key], "after": curve[str(max(args.steps))], "steps": max(args.steps), "curve": curve,
             "control": control[key], "retained_digit_accuracy_before": before["retained_digit_accuracy"],

@@ -221,20 +221,25 @@ def test_concept_revival_judges_every_model_before_after_and_on_the_control(tiny
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     monkeypatch.setattr(script, "quiet", lambda threads: None)
-    argv = ["--base", str(base), "--experiments", "style", "--methods", "salun", "--steps", "1", "2",
-            "--per-prompt", "2",
+    argv = ["--base", str(base), "--methods", "salun", "--steps", "1", "2", "--per-prompt", "2",
             "--sample-steps", "3", "--jobs", "1", "--out", str(tmp_path / "revival"),
             "--merge-into", str(tmp_path / "strong.json")]
     (tmp_path / "strong.json").write_text('{"ulira": {"digits": {}}}')
     summary = script.main(argv)
-    rows = summary["concept_revival"]["style"]
-    assert set(rows) == {"original", "salun"}
-    for model, row in rows.items():
-        assert set(row["curve"]) == {"1", "2"} and row["after"] == row["curve"]["2"] and row["steps"] == 2
-        judged = json.loads((tmp_path / "revival" / "style" / model / "revived_2.json").read_text())
-        assert row["after"] == judged["style_erasure"] and 0 <= row["control"] <= 100
-        config = yaml.safe_load((tmp_path / "revival" / "style" / model / "control_2" / "config.yaml").read_text())
-        assert config["data"]["init_args"]["forget_class"] == "normal"
+    # every model, the original included, is fine-tuned on its experiment's concept and, as the control, on the
+    # unrelated images of that experiment's data (the original's own config holds the style data only)
+    for experiment, folder, concept, control in (("style", "data", "inverted", "normal"),
+                                                 ("object", "object_data", "forget", "retain")):
+        rows = summary["concept_revival"][experiment]
+        assert set(rows) == {"original", "salun"}
+        for model, row in rows.items():
+            assert set(row["curve"]) == {"1", "2"} and row["after"] == row["curve"]["2"] and row["steps"] == 2
+            judged = json.loads((tmp_path / "revival" / experiment / model / "revived_2.json").read_text())
+            assert row["after"] == judged[script.ERASED[experiment]] and 0 <= row["control"] <= 100
+            for fit, images in (("revived_1", concept), ("control_2", control)):
+                config = yaml.safe_load((tmp_path / "revival" / experiment / model / fit / "config.yaml").read_text())
+                data = config["data"]["init_args"]
+                assert (data["forget_class"], Path(data["data_path"])) == (images, base / folder), (model, fit)
     merged = json.loads((tmp_path / "strong.json").read_text())
     assert merged["ulira"] == {"digits": {}} and merged["concept_revival"]["style"]["salun"]["steps"] == 2
     fitted = listing(tmp_path / "revival")
