@@ -168,6 +168,10 @@ def write_image_folder(root: Path, data: dict[str, dict[str, Tensor]]) -> Path:
     return root
 
 
+# Each experiment's image folder inside a run of this script and the class of the concept it erases there.
+EXPERIMENT_DATA = {"style": ("data", "inverted"), "object": ("object_data", "forget")}
+
+
 def data_args(folder: Path, forget_class: str, cache: Path) -> list[str]:
     return ["--data.init_args.dataset=image_folder", f"--data.init_args.data_path={folder}",
             f"--data.init_args.prompts_csv={folder / 'prompts.csv'}", f"--data.init_args.forget_class={forget_class}",
@@ -388,10 +392,10 @@ def object_data(args: argparse.Namespace) -> float:
 def unlearn(experiment: str, method: str, args: argparse.Namespace) -> dict[str, Any]:
     """One method of one experiment from the original model (``salun fit`` into ``<out>/<experiment>_<method>``)."""
     config, extra = (STYLE_RUNS if experiment == "style" else OBJECT_RUNS)[method]
-    folder, forget = (args.out / "data", "inverted") if experiment == "style" else (args.out / "object_data", "forget")
+    folder, forget = EXPERIMENT_DATA[experiment]
     root = args.out / f"{experiment}_{method}"
     fitted = timed_fit(config, root, method_steps(args, method), f"--model.init_args.pretrained={args.out / 'train'}",
-                       *extra, *data_args(folder, forget, args.out / "cache"), per_step=args.tiny)
+                       *extra, *data_args(args.out / folder, forget, args.out / "cache"), per_step=args.tiny)
     return evaluate(experiment, method, root, args, {**fitted, "method": method})
 
 

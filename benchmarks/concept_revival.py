@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from concept_erasure import Inline, data_args, evaluate, judged  # noqa: E402
+from concept_erasure import EXPERIMENT_DATA, Inline, data_args, evaluate, judged  # noqa: E402
 from ddpm_digits import quiet  # noqa: E402
 
 from salun_lightning.diffusion.revival import revive  # noqa: E402
@@ -47,8 +47,6 @@ from salun_lightning.files import write_json  # noqa: E402
 
 EXPERIMENTS = ("style", "object")
 METHODS = ("salun", "esd_x", "esd_u", "fmn")
-DATA = {"style": "data", "object": "object_data"}  # each experiment's image folder in the base run
-CONCEPT = {"style": "inverted", "object": "forget"}  # the erased concept's class there
 CONTROL = {"style": "normal", "object": "retain"}  # the unrelated class of each experiment's data
 ERASED = {"style": "style_erasure", "object": "UA"}
 
@@ -70,7 +68,7 @@ def experiment_data(experiment: str, images: str, args: argparse.Namespace) -> l
     """The fit options that fine-tune on the class ``images`` of the experiment's data. Given to every model: the
     original's own config holds the style data only, so in the object experiment it would otherwise be fine-tuned on
     the inverted style instead of digit 0."""
-    return data_args(args.base / DATA[experiment], images, args.base / "cache")
+    return data_args(args.base / EXPERIMENT_DATA[experiment][0], images, args.base / "cache")
 
 
 def attack(experiment: str, model: str, run: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -93,7 +91,7 @@ def attack(experiment: str, model: str, run: Path, args: argparse.Namespace) -> 
     for steps in args.steps:
         target = out / f"revived_{steps}"
         if not (target / "unet" / "config.json").is_file():
-            revive(run, target, steps, args.lr, extra=experiment_data(experiment, CONCEPT[experiment], args))
+            revive(run, target, steps, args.lr, extra=experiment_data(experiment, EXPERIMENT_DATA[experiment][1], args))
         record = judge(f"revived_{steps}", target)
         curve[str(steps)], retained = record[key], record["retained_digit_accuracy"]
     control_dir = out / f"control_{max(args.steps)}"

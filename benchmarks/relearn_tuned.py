@@ -27,17 +27,14 @@ import torch
 from salun_lightning.files import write_json
 from salun_lightning.relearn import relearn
 
-SETTINGS = ("ks", "steps", "lr", "batch_size", "seed")  # what must match for a finished attack to be reused
-
 
 def attacked(run: Path, reference: Path, out: Path, ks: list[int], steps: int, lr: float, seed: int) -> dict[str, Any]:
     """``salun relearn``'s record, reusing ``out/relearn.json`` when it was made on these runs with these settings."""
-    wanted = {"ks": ks, "steps": steps, "lr": lr, "batch_size": 128, "seed": seed}
+    wanted = {"run": str(run), "reference": str(reference), "ks": ks, "steps": steps, "lr": lr, "batch_size": 128,
+              "seed": seed}
     if (out / "relearn.json").is_file():
         record = json.loads((out / "relearn.json").read_text())
-        settings = record["settings"]
-        if (all(settings.get(key) == wanted[key] for key in SETTINGS) and settings["run"] == str(run)
-                and settings["reference"] == str(reference)):
+        if {key: record["settings"].get(key) for key in wanted} == wanted:
             return record
         raise SystemExit(f"{out} holds a relearning attack with other settings or runs; give another --out.")
     return relearn(run, reference, out, ks, steps, lr, seed=seed)

@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from concept_erasure import OBJECT_RUNS, STYLE_RUNS, Inline, data_args, evaluate, judged  # noqa: E402
+from concept_erasure import EXPERIMENT_DATA, OBJECT_RUNS, STYLE_RUNS, Inline, data_args, evaluate, judged  # noqa: E402
 from ddpm_digits import fit, quiet  # noqa: E402
 
 from salun_lightning.diffusion.methods import METHODS  # noqa: E402
@@ -92,8 +92,7 @@ def study(experiment: str, method: str, args: argparse.Namespace, original: dict
     """Run (or resume) one method's study in one experiment; its best trial and every trial's value."""
     quiet(1)
     config, extra = (STYLE_RUNS if experiment == "style" else OBJECT_RUNS)[method]
-    folder, forget = ((args.base / "data", "inverted") if experiment == "style"
-                      else (args.base / "object_data", "forget"))
+    folder, forget = EXPERIMENT_DATA[experiment]
     erased = "style_erasure" if experiment == "style" else "UA"
     space = space_of(method, tuple(args.space))
     evaluation = judged(args.base, args.per_prompt, args.sample_steps)
@@ -101,7 +100,7 @@ def study(experiment: str, method: str, args: argparse.Namespace, original: dict
     def score(values: dict[str, Any], directory: Path) -> tuple[float, dict[str, Any]]:
         overrides = [f"{fit_option(name)}={value}" for name, value in values.items()]
         minutes = fit(config, directory, f"--model.init_args.pretrained={args.base / 'train'}", *extra,
-                      *data_args(folder, forget, args.base / "cache"), *overrides)
+                      *data_args(args.base / folder, forget, args.base / "cache"), *overrides)
         record = evaluate(experiment, directory.name, directory, evaluation,
                           {"method": method, "steps": values["max_steps"], "minutes": minutes}, into=directory)
         value = erasure_objective(record[erased], record["retained_digit_accuracy"],
@@ -135,8 +134,9 @@ def table(experiment: str, original: dict[str, Any], rows: dict[str, dict[str, A
         best, metrics = row["best"], row["best"]["metrics"]
         strength = ", ".join(f"{k}={v:.3g}" for k, v in best["params"].items() if k not in ("lr", "max_steps"))
         lines.append(f"| {method} | {best['value']:.2f} | {metrics[key]:.2f} "
-                     f"| {metrics['retained_digit_accuracy']:.2f} | {metrics['FID']:.2f} | {best['params']['max_steps']} | {best['params']['lr']:.2e} | "
-                     f"{strength or '-'} | {metrics['RTE']:.2f} |")
+                     f"| {metrics['retained_digit_accuracy']:.2f} | {metrics['FID']:.2f} "
+                     f"| {best['params']['max_steps']} | {best['params']['lr']:.2e} | {strength or '-'} "
+                     f"| {metrics['RTE']:.2f} |")
     return "\n".join(lines)
 
 
