@@ -3,7 +3,11 @@ erased concept, and as a control on unrelated images, then judge its generations
 
 The erased models are the best trials of ``benchmarks/tuned_concept_erasure.py`` (``--tuned``, its JSON summary) or,
 without it, the runs of a ``benchmarks/concept_erasure.py`` run (``--base``, ``<base>/<experiment>_<method>``); the
-original model is attacked too (its concept was never erased: the ceiling). Every revival is ``salun relearn
+original model is attacked too (its concept was never erased: the ceiling), and so is the never-learned reference,
+the analogue of retrain: the original's own fit (same config, seed and steps) without the concept, on the normal
+style only (``retrain``) or on the training digits without digit 0, from ``<out>/<experiment>/never_learned_fit``.
+How fast a concept comes back to a model that never saw it is what an erasure's revival is to be compared with.
+Every revival is ``salun relearn
 <erased run> --out ...`` (:mod:`salun_lightning.diffusion.revival`) pointed at the experiment's data (every model
 alike): the plain denoising loss, Adam at ``--lr`` (one rate for every model), batch 128, on
 
@@ -39,21 +43,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from concept_erasure import EXPERIMENT_DATA, Inline, data_args, evaluate, judged  # noqa: E402
+from concept_erasure import FORGOTTEN_DIGIT, EXPERIMENT_DATA, Inline, data_args, evaluate, judged  # noqa: E402
 from ddpm_digits import quiet  # noqa: E402
 
 from salun_lightning.diffusion.revival import revive  # noqa: E402
 from salun_lightning.files import write_json  # noqa: E402
+from salun_lightning.runs import CONFIG_FILENAME, is_incomplete  # noqa: E402
 
 EXPERIMENTS = ("style", "object")
 METHODS = ("salun", "esd_x", "esd_u", "fmn")
 CONTROL = {"style": "normal", "object": "retain"}  # the unrelated class of each experiment's data
 ERASED = {"style": "style_erasure", "object": "UA"}
+NEVER_LEARNED = "never_learned"
 
 
 def erased_runs(args: argparse.Namespace) -> dict[str, dict[str, Path]]:
     """``{experiment: {model: run directory}}``: the original and every erased model found."""
-    runs: dict[str, dict[str, Path]] = {e: {"original": args.base / "train"} for e in args.experiments}
+    runs: dict[str, dict[str, Path]] = {e: {"original": args.base / "train",
+                                            NEVER_LEARNED: args.out / e / "never_learned_fit"}
+                                        for e in args.experiments}
     tuned = json.loads(args.tuned.read_text())["experiments"] if args.tuned is not None else {}
     for experiment in args.experiments:
         for method in args.methods:
@@ -71,9 +79,45 @@ def experiment_data(experiment: str, images: str, args: argparse.Namespace) -> l
     return data_args(args.base / EXPERIMENT_DATA[experiment][0], images, args.base / "cache")
 
 
+def without_digit(folder: Path, out: Path, digit: int) -> Path:
+    """A copy of the image folder ``folder`` (``<split>/<style>/<NNNNN>_<digit>.png`` and the prompts' CSV files)
+    without the training images of ``digit``; made once into ``out``."""
+    if (out / ".complete").is_file():
+        return out
+    for csv in ("prompts.csv", "test_prompts.csv"):
+        lines = (folder / csv).read_text().splitlines()
+        kept = [lines[0]] + [line for line in lines[1:] if csv != "prompts.csv" or
+                             not line.split(",", 1)[0].endswith(f"_{digit}.png")]
+        split = "train" if csv == "prompts.csv" else "test"
+        for line in kept[1:]:
+            target = out / split / line.split(",", 1)[0]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes((folder / split / line.split(",", 1)[0]).read_bytes())
+        (out / csv).write_text("\n".join(kept) + "\n")
+    (out / ".complete").touch()
+    return out
+
+
+def fit_never_learned(experiment: str, root: Path, args: argparse.Namespace) -> None:
+    """The original's fit (its own saved config) without the experiment's concept into ``root``, unless finished."""
+    from salun_lightning.cli import run as salun
+
+    if (root / "unet" / "config.json").is_file() and not is_incomplete(root):
+        return
+    if experiment == "style":  # retrain: the original's data without its forget class, the inverted style
+        without = ["--model.init_args.method=retrain"]
+    else:
+        folder = without_digit(args.base / "data", root.parent / "never_learned_data", FORGOTTEN_DIGIT)
+        without = [f"--data.init_args.data_path={folder}", f"--data.init_args.prompts_csv={folder / 'prompts.csv'}"]
+    salun(["fit", "--config", str(args.base / "train" / CONFIG_FILENAME), f"--trainer.default_root_dir={root}",
+           *without])
+
+
 def attack(experiment: str, model: str, run: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Judge ``run``, then revive it at every step count and once on the control class; resumable per fit."""
     quiet(1)
+    if model == NEVER_LEARNED:
+        fit_never_learned(experiment, run, args)
     key = ERASED[experiment]
     out = args.out / experiment / model
     evaluation = judged(args.base, args.per_prompt, args.sample_steps)

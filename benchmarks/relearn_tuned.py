@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -73,19 +72,19 @@ def main() -> None:
           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for method in args.methods:
         per_seed: dict[str, dict[int, dict[str, Any]]] = {}
-        minutes = 0.0
+        minutes: list[float] = []
         for seed in args.seeds:
             base = args.tuned / args.regime / f"seed{seed}"
-            started = time.perf_counter()
             record = attacked(base / method, base / "retrain", args.out / args.regime / f"seed{seed}" / method, args.k,
                               args.steps, args.lr, seed)
-            minutes += (time.perf_counter() - started) / 60
+            minutes.append(record.get("minutes"))  # the attack's own time, also when it was made earlier
             for k, entry in record["k"].items():
                 per_seed.setdefault(k, {})[seed] = entry
                 print(f"| {method} | {seed} | {k} | {entry['area_vs_retrain']:+.2f} | "
                       f"{entry['steps_to_recover'] or 'never'} | {entry['retrain_steps_to_recover'] or 'never'} | "
-                      f"{(time.perf_counter() - started) / 60:.1f} |", flush=True)
-        results[method] = {"k": {k: combined(entries) for k, entries in per_seed.items()}, "minutes": minutes}
+                      f"{'-' if minutes[-1] is None else f'{minutes[-1]:.1f}'} |", flush=True)
+        results[method] = {"k": {k: combined(entries) for k, entries in per_seed.items()},
+                           "minutes": None if None in minutes else sum(minutes)}  # None: made before it was recorded
     if args.json is not None:
         key = args.key or args.regime
         summary = json.loads(args.json.read_text()) if args.json.is_file() else {}

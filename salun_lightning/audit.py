@@ -14,6 +14,8 @@ Each unlearned model gives every audit sample its logit-scaled confidence (``aud
 directory); the attack then asks, sample by sample and run by run, whether a confidence looks like one of a sample
 that was forgotten or of one never seen. For retrain the two cases are the same distribution, so its balanced
 accuracy must come out near 0.5: how near is its spread over the target runs, reported beside the method's.
+``--jobs`` makes several shadow runs at once, each in its own process with its share of the threads: the same audit
+as one at a time when the fits get as many threads either way, else up to float rounding.
 Everything resumes: a finished fit or confidence file made by the same command is kept. Several methods audited in
 one folder share its original and retrain runs, and ``ulira.json`` covers all of them.
 
@@ -26,7 +28,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
 import statistics
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -119,11 +123,28 @@ def audit_confidences(run_dir: Path, audit_file: Path) -> list[float]:
     return values
 
 
+def shadow_run(here: Path, chosen: list[int], held_out: list[int], fits: dict[str, list[str]], audit_file: Path,
+               label: str) -> dict[str, list[float]]:
+    """One shadow run: its inclusion files, the ``fits`` (run name to ``salun fit`` arguments, in order: the original
+    first) made or reused in ``here``, and the audit confidences of every model but the original."""
+    here.mkdir(exist_ok=True)
+    write_json(here / "included.json", chosen)
+    write_json(here / "excluded.json", held_out)
+    for run_name, args in fits.items():
+        fit_once(args, here / run_name)
+    print(f"audit run {label} done", flush=True)
+    return {run_name: audit_confidences(here / run_name, audit_file) for run_name in fits if run_name != "original"}
+
+
 def run_audit(method_args: Sequence[str], out: Path, runs: int = 16, audit_size: int = 200, seed: int = 0,
               train_config: Optional[Path] = None, retrain_config: Optional[Path] = None,
-              all_fits: Sequence[str] = (), name: Optional[str] = None) -> dict[str, Any]:
+              all_fits: Sequence[str] = (), name: Optional[str] = None, reference_fits: Sequence[str] = (),
+              jobs: int = 1) -> dict[str, Any]:
     """Make (or resume) the audit of one method in ``out`` and return ``ulira.json``'s content, which covers every
     method audited in that folder so far (they share the original and retrain runs).
+
+    ``all_fits`` go to every fit, ``reference_fits`` after them to the original's and retrain's only (their schedule,
+    say, when the method's config sets its own); ``jobs`` shadow runs are made at once, each in its own process.
 
     Raises:
         ValueError: bad sizes, a config that is not a classifier method's, or an audit folder made with other
@@ -146,14 +167,20 @@ def run_audit(method_args: Sequence[str], out: Path, runs: int = 16, audit_size:
     name = name or method
     if name in ("original", "retrain"):
         raise ValueError(f"--name {name}: that name is the audit's own run; choose another.")
-    settings = {"all_fits": list(all_fits), "runs": runs, "audit_size": audit_size, "seed": seed,
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: give 1 or more shadow runs to make at once.")
+    settings = {"all_fits": list(all_fits), "reference_fits": list(reference_fits), "runs": runs,
+                "audit_size": audit_size, "seed": seed,
                 "train_config": str(train_config), "retrain_config": str(retrain_config)}
     data = UnlearningDataModule(**{**config["data"]["init_args"], "stream": None})
     train_size = len(data._load().train_labels)
     audit, included = audit_plan(train_size, audit_size, runs, seed)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / SETTINGS_FILENAME
-    before = json.loads(saved.read_text()) if saved.is_file() else {**settings, "methods": {}}
+    if saved.is_file():  # an audit made before reference_fits existed had none
+        before = {"reference_fits": [], **json.loads(saved.read_text())}
+    else:
+        before = {**settings, "methods": {}}
     differs = sorted(k for k in settings if before.get(k) != settings[k])
     if differs:
         raise ValueError(f"the audit in {out} was made with other {', '.join(differs)}; resume it with the same "
@@ -164,25 +191,31 @@ def run_audit(method_args: Sequence[str], out: Path, runs: int = 16, audit_size:
     write_json(saved, settings)
     audit_file = out / "audit_indices.json"
     write_json(audit_file, audit)
-    statistics_by_model: dict[str, list[list[float]]] = {name: [], "retrain": []}
+    shadow_runs = []
     for k in range(runs):
         here = out / f"run_{k:03d}"
-        here.mkdir(exist_ok=True)
         chosen = [a for a, keep in zip(audit, included[k]) if keep]
         held_out = [a for a, keep in zip(audit, included[k]) if not keep]
-        write_json(here / "included.json", chosen)
-        write_json(here / "excluded.json", held_out)
         seeds = [f"--seed_everything={seed * 1000 + k}", f"--data.init_args.seed={seed * 1000 + k}"]
         split = [*FORGET_BY_INDEX, f"--data.init_args.forget_indices_file={here / 'included.json'}",
                  f"--data.init_args.exclude_indices_file={here / 'excluded.json'}"]
-        fit_once(["--config", str(train_config), f"--data.init_args.exclude_indices_file={here / 'excluded.json'}",
-                  *seeds, *all_fits], here / "original")
-        fit_once([*method_args, *split, *seeds, *all_fits,
-                  f"--model.init_args.original_weights={here / 'original' / MODEL_FILENAME}"], here / name)
-        fit_once(["--config", str(retrain_config), *split, *seeds, *all_fits], here / "retrain")
-        statistics_by_model[name].append(audit_confidences(here / name, audit_file))
-        statistics_by_model["retrain"].append(audit_confidences(here / "retrain", audit_file))
-        print(f"audit run {k + 1}/{runs} done", flush=True)
+        held_out_only = f"--data.init_args.exclude_indices_file={here / 'excluded.json'}"
+        fits = {
+            "original": ["--config", str(train_config), held_out_only, *seeds, *all_fits, *reference_fits],
+            name: [*method_args, *split, *seeds, *all_fits,
+                   f"--model.init_args.original_weights={here / 'original' / MODEL_FILENAME}"],
+            "retrain": ["--config", str(retrain_config), *split, *seeds, *all_fits, *reference_fits],
+        }
+        shadow_runs.append((here, chosen, held_out, fits, audit_file, f"{k + 1}/{runs}"))
+    if jobs == 1:
+        confidences = [shadow_run(*task) for task in shadow_runs]
+    else:  # each worker a fresh process with its share of the threads, so the fits neither share state nor contend
+        threads = max(1, torch.get_num_threads() // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            confidences = list(pool.map(shadow_run, *zip(*shadow_runs)))
+    statistics_by_model: dict[str, list[list[float]]] = {name: [c[name] for c in confidences],
+                                                         "retrain": [c["retrain"] for c in confidences]}
     for other in settings["methods"]:  # the methods audited here before, whose runs are complete
         files = [out / f"run_{k:03d}" / other / CONFIDENCE_FILENAME for k in range(runs)]
         if other != name and all(path.is_file() for path in files):
@@ -258,10 +291,17 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--all-fits", action="append", default=[], metavar="OPTION",
                         help="an option for every fit, original and retrain included (e.g. "
                         "--all-fits=--trainer.max_epochs=10); repeat")
+    parser.add_argument("--reference-fits", action="append", default=[], metavar="OPTION",
+                        help="an option for the original's and retrain's fits only, after --all-fits (e.g. their "
+                        "schedule: --reference-fits=--trainer.max_epochs=40); repeat")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="shadow runs made at once, each in its own process with its share of the threads "
+                        "(default 1)")
     args, method_options = parser.parse_known_args(argv)
     configs = [part for config in args.config for part in ("--config", config)]
     summary = run_audit([*configs, *method_options], args.out, args.runs, args.audit_size, args.seed,
-                        args.train_config, args.retrain_config, args.all_fits, args.name)
+                        args.train_config, args.retrain_config, args.all_fits, args.name, args.reference_fits,
+                        args.jobs)
     print(f"\nU-LiRA, {args.runs} runs, {args.audit_size} audit samples (seed {args.seed}); 0.5 is indistinguishable "
           "from never seen\n\n| model | balanced accuracy | per-run spread | AUC | TPR at 1% FPR | TPR at 0.1% FPR |\n"
           "| --- | ---: | ---: | ---: | ---: | ---: |")

@@ -8,7 +8,8 @@ models; at log-spaced steps (0, 1, 2, 4, ... up to ``steps``) each model is eval
 climbs back towards the original model's forget accuracy faster than retrain does. Reported per ``k``: both curves,
 ``area_vs_retrain`` (the mean over the evaluation steps of the model's forget accuracy minus retrain's, in points:
 0 when it relearns as retrain does) and ``steps_to_recover`` (the first evaluated step at which the forget accuracy
-reaches the original model's on the same held-out samples, ``None`` within the budget).
+reaches the original model's on the same held-out samples, ``None`` within the budget). ``relearn.json`` keeps the
+attack's wall minutes beside them.
 
 Example::
 
@@ -24,6 +25,7 @@ import argparse
 import copy
 import json
 import statistics
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -127,6 +129,7 @@ def relearn(run_dir: Path, reference_dir: Path, out: Path, ks: Sequence[int] = (
         ValueError: a run that is not finished, runs of different forget sets, or a ``k`` that leaves no held-out
             forget sample.
     """
+    started = time.perf_counter()
     record_run, record_reference = read_forget_set(run_dir), read_forget_set(reference_dir)
     if record_run is None or record_reference is None or record_run["id"] != record_reference["id"]:
         raise ValueError(f"{run_dir} and --reference {reference_dir} must be finished runs of the same forget set "
@@ -162,6 +165,7 @@ def relearn(run_dir: Path, reference_dir: Path, out: Path, ks: Sequence[int] = (
         record["k"][str(k)] = {"held_out": len(held_out), "original_forget_accuracy": original_accuracy,
                                "area_vs_retrain": area, "steps_to_recover": recovered,
                                "retrain_steps_to_recover": retrain_recovered, "curves": curves}
+    record["minutes"] = (time.perf_counter() - started) / 60  # the attack's wall time, for its cost
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "relearn.json", record)
     plot_relearning(record, out / "relearn.png")

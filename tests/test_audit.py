@@ -64,6 +64,7 @@ def test_an_audit_holds_out_forgets_and_resumes_as_planned(tmp_path, monkeypatch
     (["--runs", "4"], "give at least 8"),
     (["--audit-size", "0"], "--audit-size 0: give between 1 and 1441"),
     (["--train-config", "missing.yaml"], "missing.yaml does not exist: pass --train-config"),
+    (["--jobs", "0"], "--jobs 0: give 1 or more"),
 ])
 def test_bad_audit_input_is_refused_before_any_fit(tmp_path, monkeypatch, capsys, extra, message):
     calls = counting_fits(monkeypatch)
@@ -71,3 +72,34 @@ def test_bad_audit_input_is_refused_before_any_fit(tmp_path, monkeypatch, capsys
         salun_lightning.cli.main(["audit", "--config", str(DIGITS / "rl.yaml"), "--out", str(tmp_path / "a"), *extra])
     assert message in capsys.readouterr().err
     assert [c for c in calls if c[0] == "fit"] == [] and not (tmp_path / "a").exists()
+
+
+
+@pytest.fixture
+def one_thread():
+    """Fits in this process on one thread, like each worker of ``jobs=2`` here: their arithmetic is the same."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_reference_fits_reach_the_original_and_retrain_only_and_jobs_make_the_same_audit(tmp_path, one_thread):
+    import yaml
+
+    schedule = ["--trainer.max_steps=3"]
+    alone = run_audit(["--config", str(DIGITS / "rl.yaml")], tmp_path / "one", runs=8, audit_size=30, all_fits=TINY,
+                      reference_fits=schedule)
+    run = tmp_path / "one" / "run_005"
+    steps = {name: yaml.safe_load((run / name / "config.yaml").read_text())["trainer"]["max_steps"]
+             for name in ("original", "rl", "retrain")}
+    assert steps == {"original": 3, "rl": 2, "retrain": 3}
+    assert json.loads((tmp_path / "one" / "audit.json").read_text())["reference_fits"] == schedule
+
+    together = run_audit(["--config", str(DIGITS / "rl.yaml")], tmp_path / "two", runs=8, audit_size=30,
+                         all_fits=TINY, reference_fits=schedule, jobs=2)
+    assert together["models"] == alone["models"]  # the same fits, two at a time in their own processes
+    with pytest.raises(ValueError, match="--jobs 0: give 1 or more"):
+        run_audit(["--config", str(DIGITS / "rl.yaml")], tmp_path / "three", runs=8, audit_size=30, jobs=0)

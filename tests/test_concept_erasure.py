@@ -231,7 +231,7 @@ def test_concept_revival_judges_every_model_before_after_and_on_the_control(tiny
     for experiment, folder, concept, control in (("style", "data", "inverted", "normal"),
                                                  ("object", "object_data", "forget", "retain")):
         rows = summary["concept_revival"][experiment]
-        assert set(rows) == {"original", "salun"}
+        assert set(rows) == {"original", "never_learned", "salun"}
         for model, row in rows.items():
             assert set(row["curve"]) == {"1", "2"} and row["after"] == row["curve"]["2"] and row["steps"] == 2
             judged = json.loads((tmp_path / "revival" / experiment / model / "revived_2.json").read_text())
@@ -240,6 +240,16 @@ def test_concept_revival_judges_every_model_before_after_and_on_the_control(tiny
                 config = yaml.safe_load((tmp_path / "revival" / experiment / model / fit / "config.yaml").read_text())
                 data = config["data"]["init_args"]
                 assert (data["forget_class"], Path(data["data_path"])) == (images, base / folder), (model, fit)
+    # the never-learned reference: the original's own fit without the concept
+    style = yaml.safe_load((tmp_path / "revival" / "style" / "never_learned_fit" / "config.yaml").read_text())
+    assert (style["model"]["init_args"]["method"], style["data"]["init_args"]["forget_class"]) == ("retrain",
+                                                                                                  "inverted")
+    trained = yaml.safe_load((tmp_path / "revival" / "object" / "never_learned_fit" / "config.yaml").read_text())
+    folder = Path(trained["data"]["init_args"]["data_path"])
+    assert trained["model"]["init_args"]["method"] == "train" and folder != base / "data"
+    images = {str(p.relative_to(folder / "train")) for p in (folder / "train").rglob("*.png")}
+    every = {str(p.relative_to(base / "data" / "train")) for p in (base / "data" / "train").rglob("*.png")}
+    assert images == {name for name in every if not name.endswith("_0.png")} and len(images) < len(every)
     merged = json.loads((tmp_path / "strong.json").read_text())
     assert merged["ulira"] == {"digits": {}} and merged["concept_revival"]["style"]["salun"]["steps"] == 2
     fitted = listing(tmp_path / "revival")

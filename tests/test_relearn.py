@@ -50,6 +50,7 @@ def test_relearn_writes_both_curves_and_scores_recovery_against_the_original(run
     assert written == json.loads(json.dumps(record)) and (tmp_path / "out" / "relearn.png").is_file()
     # the forget set attacked, for salun report --attacks to match against the report's runs
     assert record["settings"]["forget_set_id"] == json.loads((runs / "rl" / "forget_set.json").read_text())["id"]
+    assert 0 < record["minutes"] < 10  # its cost, kept with it
     for k, held_out in (("0", 143), ("5", 138)):
         entry = record["k"][k]
         assert entry["held_out"] == held_out
