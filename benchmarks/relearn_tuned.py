@@ -3,7 +3,8 @@
 For each evaluation seed and each method's run in ``<tuned>/<regime>/seed<seed>/``, with that seed's retrain:
 ``salun relearn`` with the given settings (one batch order per seed for every model). Prints one row per method,
 ``k`` and seed, and merges ``{"relearning": {key: {method: {"k": {k: {...}}}}}}`` into ``--json`` (``key`` is the
-regime unless ``--key`` names it). Each ``k`` entry holds ``area_vs_retrain`` (the mean over the seeds, with
+regime unless ``--key`` names it; the methods of a call replace their own entries, the others stay, and the settings
+must be those of the attacks already there). Each ``k`` entry holds ``area_vs_retrain`` (the mean over the seeds, with
 ``area_std``), ``steps_to_recover`` (the fastest recovery over the seeds, the attacker's view: ``null`` only when
 no seed's model recovered within the budget) and ``seeds`` (each seed's own two numbers). A finished attack
 (``relearn.json`` made with the same settings) is read, not rerun.
@@ -88,10 +89,14 @@ def main() -> None:
     if args.json is not None:
         key = args.key or args.regime
         summary = json.loads(args.json.read_text()) if args.json.is_file() else {}
-        summary.setdefault("relearning", {})[key] = results
-        summary.setdefault("relearning_settings", {})[key] = {
-            "seeds": args.seeds, "ks": args.k, "steps": args.steps, "lr": args.lr, "batch_size": 128,
-            "optimizer": "adam", "tuned": str(args.tuned / args.regime)}
+        settings = {"ks": args.k, "steps": args.steps, "lr": args.lr, "batch_size": 128, "optimizer": "adam",
+                    "tuned": str(args.tuned / args.regime)}
+        before = summary.get("relearning_settings", {}).get(key)
+        if before is not None and {k: before.get(k) for k in settings} != settings:
+            raise SystemExit(f"{args.json} holds {key} attacks made with other settings; give another --key.")
+        summary.setdefault("relearning", {}).setdefault(key, {}).update(results)  # other methods' entries stay
+        seeds = sorted({*(before or {}).get("seeds", []), *args.seeds})  # each method's own: under its "seeds"
+        summary.setdefault("relearning_settings", {})[key] = {"seeds": seeds, **settings}
         write_json(args.json, summary)
 
 

@@ -17,16 +17,40 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from salun_lightning.audit import run_audit
+from salun_lightning.audit import REPORTED, run_audit, summary_table
 from salun_lightning.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNED = ROOT / "configs" / "digits" / "tuned" / "random10"
 METHODS = ("rl", "salun", "ft", "ga", "l1_sparse", "iu", "bs", "be", "salun_soft", "neggrad_plus", "scrub", "ssd")
 UNTUNED = ("rl", "salun")
+
+
+def audited(name: str, audit: Callable[[], dict]) -> tuple[dict, float]:
+    """Run one method's ``audit`` (a ``run_audit`` call); print its line; return the summary and its minutes."""
+    started = time.perf_counter()
+    summary = audit()
+    minutes = (time.perf_counter() - started) / 60
+    row = summary["models"][name]
+    print(f"{name}: balanced accuracy {row['balanced_accuracy']:.3f}, AUC {row['auc']:.3f} ({minutes:.1f} min)",
+          flush=True)
+    return summary, minutes
+
+
+def record_ulira(path: Path, key: str, summary: dict, minutes: dict[str, float], settings: dict) -> None:
+    """Merge ``{"ulira": {key: {model: {...}}}, "ulira_settings": {key: settings}}`` into the JSON file ``path``.
+    A model's minutes are its first measurement (a rerun that reuses the fits would record seconds)."""
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    kept = record.setdefault("ulira", {}).get(key, {})
+    record["ulira"][key] = {**kept, **{
+        name: {k: row[k] for k in REPORTED} | {"minutes": kept.get(name, {}).get("minutes") or minutes.get(name)}
+        for name, row in summary["models"].items()}}
+    record.setdefault("ulira_settings", {})[key] = settings
+    write_json(path, record)
 
 
 def main() -> None:
@@ -44,29 +68,14 @@ def main() -> None:
     summary: dict = {}
     for name in args.methods:
         method = name.removesuffix("_untuned")
-        config = ROOT / "configs" / "digits" / f"{method}.yaml" if name.endswith("_untuned") else TUNED / f"{method}.yaml"
-        started = time.perf_counter()
-        summary = run_audit(["--config", str(config)], args.out, args.runs, args.audit_size,
-                            train_config=ROOT / "configs" / "digits" / "train.yaml",
-                            retrain_config=ROOT / "configs" / "digits" / "retrain.yaml", all_fits=quiet, name=name)
-        minutes[name] = (time.perf_counter() - started) / 60
-        row = summary["models"][name]
-        print(f"{name}: balanced accuracy {row['balanced_accuracy']:.3f}, AUC {row['auc']:.3f} "
-              f"({minutes[name]:.1f} min)", flush=True)
-    print("\n| model | balanced accuracy | per-run spread | AUC | TPR at 1% FPR | TPR at 0.1% FPR |\n"
-          "| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, row in sorted(summary["models"].items(), key=lambda item: item[1]["balanced_accuracy"]):
-        print(f"| {name} | {row['balanced_accuracy']:.3f} | ± {row['balanced_accuracy_per_run_std']:.3f} | "
-              f"{row['auc']:.3f} | {row['tpr_at_1pct_fpr']:.3f} | {row['tpr_at_0.1pct_fpr']:.3f} |")
+        config = (ROOT / "configs" / "digits" if name.endswith("_untuned") else TUNED) / f"{method}.yaml"
+        summary, minutes[name] = audited(name, lambda: run_audit(
+            ["--config", str(config)], args.out, args.runs, args.audit_size,
+            train_config=ROOT / "configs" / "digits" / "train.yaml",
+            retrain_config=ROOT / "configs" / "digits" / "retrain.yaml", all_fits=quiet, name=name))
+    print("\n" + summary_table(summary["models"]))
     if args.json is not None:
-        record = json.loads(args.json.read_text()) if args.json.is_file() else {}
-        record.setdefault("ulira", {})["digits"] = {
-            name: {k: row[k] for k in ("balanced_accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "runs",
-                                       "balanced_accuracy_per_run_std")} | {"minutes": minutes.get(name)}
-            for name, row in summary["models"].items()}
-        record["ulira_settings"] = {"digits": {"runs": args.runs, "audit_size": args.audit_size}}
-        write_json(args.json, record)
-
+        record_ulira(args.json, "digits", summary, minutes, {"runs": args.runs, "audit_size": args.audit_size})
 
 if __name__ == "__main__":
     main()

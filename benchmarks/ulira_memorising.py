@@ -18,13 +18,11 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from salun_lightning.audit import run_audit
-from salun_lightning.files import write_json
+from salun_lightning.audit import run_audit, summary_table
 from salun_lightning.tuning import fit_option
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +42,7 @@ def tuned_options(name: str, tuned: dict, epochs: int) -> list[str]:
 
 def main() -> None:
     from cifar_subset import build_subset
+    from ulira_digits import audited, record_ulira
     from memorising import common_args, training_schedule
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -74,33 +73,15 @@ def main() -> None:
     minutes = {}
     summary: dict = {}
     for name in args.methods:
-        started = time.perf_counter()
-        summary = run_audit(tuned_options(name, tuned, tuned["budget"]["epochs"]), args.out, args.runs,
-                            args.audit_size, train_config=CONFIGS / "train.yaml", retrain_config=CONFIGS / "retrain.yaml",
-                            all_fits=all_fits, name=name, reference_fits=training_schedule(args.epochs),
-                            jobs=args.jobs)
-        minutes[name] = (time.perf_counter() - started) / 60
-        row = summary["models"][name]
-        print(f"{name}: balanced accuracy {row['balanced_accuracy']:.3f}, AUC {row['auc']:.3f} "
-              f"({minutes[name]:.1f} min, {args.jobs} at once)", flush=True)
-    print("\n| model | balanced accuracy | per-run spread | AUC | TPR at 1% FPR | TPR at 0.1% FPR |\n"
-          "| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, row in sorted(summary["models"].items(), key=lambda item: item[1]["balanced_accuracy"]):
-        print(f"| {name} | {row['balanced_accuracy']:.3f} | ± {row['balanced_accuracy_per_run_std']:.3f} | "
-              f"{row['auc']:.3f} | {row['tpr_at_1pct_fpr']:.3f} | {row['tpr_at_0.1pct_fpr']:.3f} |")
+        summary, minutes[name] = audited(name, lambda: run_audit(
+            tuned_options(name, tuned, tuned["budget"]["epochs"]), args.out, args.runs, args.audit_size,
+            train_config=CONFIGS / "train.yaml", retrain_config=CONFIGS / "retrain.yaml", all_fits=all_fits, name=name,
+            reference_fits=training_schedule(args.epochs), jobs=args.jobs))
+    print("\n" + summary_table(summary["models"]))
     if args.json is not None:
-        record = json.loads(args.json.read_text()) if args.json.is_file() else {}
-        kept = record.setdefault("ulira", {}).get(REGIME, {})
-        record["ulira"][REGIME] = {**kept, **{
-            name: {k: row[k] for k in ("balanced_accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "runs",
-                                       "balanced_accuracy_per_run_std")}
-            | {"minutes": kept.get(name, {}).get("minutes") or minutes.get(name)}  # the first measurement
-            for name, row in summary["models"].items()}}
-        record.setdefault("ulira_settings", {})[REGIME] = {
+        record_ulira(args.json, REGIME, summary, minutes, {
             "runs": args.runs, "audit_size": args.audit_size, "per_class": args.per_class, "epochs": args.epochs,
-            "batch_size": args.batch_size, "jobs": args.jobs}
-        write_json(args.json, record)
-
+            "batch_size": args.batch_size, "jobs": args.jobs})
 
 if __name__ == "__main__":
     main()

@@ -244,6 +244,28 @@ def summarise(out: Path, settings: dict[str, Any], statistics_by_model: dict[str
     return summary
 
 
+REPORTED = ("balanced_accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "runs", "balanced_accuracy_per_run_std")
+
+
+def summary_table(models: dict[str, dict[str, Any]]) -> str:
+    """``ulira.json``'s models as a markdown table, the least distinguishable from never seen first.
+
+    Example::
+
+        >>> row = {"balanced_accuracy": 0.5, "balanced_accuracy_per_run_std": 0.04, "auc": 0.5,
+        ...        "tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.0}
+        >>> print(summary_table({"retrain": row}).splitlines()[-1])
+        | retrain (soundness check) | 0.500 | ± 0.040 | 0.500 | 0.010 | 0.000 |
+    """
+    lines = ["| model | balanced accuracy | per-run spread | AUC | TPR at 1% FPR | TPR at 0.1% FPR |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, row in sorted(models.items(), key=lambda item: item[1]["balanced_accuracy"]):
+        label = f"{name} (soundness check)" if name == "retrain" else name
+        lines.append(f"| {label} | {row['balanced_accuracy']:.3f} | ± {row['balanced_accuracy_per_run_std']:.3f} | "
+                     f"{row['auc']:.3f} | {row['tpr_at_1pct_fpr']:.3f} | {row['tpr_at_0.1pct_fpr']:.3f} |")
+    return "\n".join(lines)
+
+
 def plot_roc(scores_by_model: dict[str, np.ndarray], included: np.ndarray, settings: dict[str, Any],
              path: Path) -> Path:
     """The ROC of each model's attack on log axes (low false-positive rates matter), retrain dashed, the diagonal
@@ -303,10 +325,5 @@ def main(argv: Sequence[str]) -> None:
                         args.train_config, args.retrain_config, args.all_fits, args.name, args.reference_fits,
                         args.jobs)
     print(f"\nU-LiRA, {args.runs} runs, {args.audit_size} audit samples (seed {args.seed}); 0.5 is indistinguishable "
-          "from never seen\n\n| model | balanced accuracy | per-run spread | AUC | TPR at 1% FPR | TPR at 0.1% FPR |\n"
-          "| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, row in summary["models"].items():
-        label = f"{name} (soundness check)" if name == "retrain" else name
-        print(f"| {label} | {row['balanced_accuracy']:.3f} | ± {row['balanced_accuracy_per_run_std']:.3f} | "
-              f"{row['auc']:.3f} | {row['tpr_at_1pct_fpr']:.3f} | {row['tpr_at_0.1pct_fpr']:.3f} |")
+          f"from never seen\n\n{summary_table(summary['models'])}")
     print(f"\nwrote {args.out / 'ulira.json'}, {args.out / 'ulira_scores.json'} and {args.out / 'roc.png'}")
