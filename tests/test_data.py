@@ -595,3 +595,23 @@ def test_a_tiny_last_training_batch_is_warned_about_and_a_full_one_is_not(tmp_pa
     recwarn.clear()
     whole.train_dataloader()
     assert not [w for w in recwarn if "ends a block" in str(w.message)]
+
+
+def test_drop_last_leaves_out_each_blocks_short_batch_and_its_warning(tmp_path, recwarn):
+    data = digits(tmp_path, forget_fraction=0.1, val_size=0, stream="forget_retain", batch_size=100, drop_last=True)
+    data.setup()
+    forget, retain = len(data.split.forget), len(data.split.retain)
+    assert forget % 100 and retain % 100  # both blocks would end in a short batch
+    recwarn.clear()
+    loader = data.train_dataloader()
+    assert not [w for w in recwarn if "ends a block" in str(w.message)]
+    epochs = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        batches = [batch["index"] for batch in loader]
+        assert [len(b) for b in batches] == [100] * (forget // 100 + retain // 100)
+        forgotten = set(data.split.forget.tolist())
+        assert all(set(b.tolist()) <= forgotten for b in batches[: forget // 100])  # D_f first, then D_r
+        assert len(torch.cat(batches).unique()) == len(torch.cat(batches))  # each sample at most once
+        epochs.append(set(torch.cat(batches).tolist()))
+    assert epochs[0] != epochs[1]  # the samples left out change with the epoch

@@ -125,6 +125,8 @@ class ShuffledBlocksSampler(DistributedSampler):
         num_replicas: the number of processes sharing the stream.
         rank: this process's rank in ``0..num_replicas-1``.
         batch_size: the loader's batch size, to end every block's part with a short batch (``None``: no padding).
+        drop_last: with ``batch_size``, leave out each block's short last batch instead (a block whose part is
+            shorter than one batch stays whole): which samples are left out changes with the epoch's permutation.
 
     Example::
 
@@ -132,18 +134,26 @@ class ShuffledBlocksSampler(DistributedSampler):
         >>> order = list(sampler)
         >>> len(sampler), [p if p == PAD else ("f" if p < 3 else "r") for p in order]
         (10, ['f', 'f', 'f', -1, 'r', 'r', 'r', 'r', 'r', -1])
+        >>> sampler = ShuffledBlocksSampler([3, 5], seed=0, batch_size=2, drop_last=True)
+        >>> len(sampler), ["f" if p < 3 else "r" for p in sampler]
+        (6, ['f', 'f', 'r', 'r', 'r', 'r'])
     """
 
     def __init__(self, block_sizes: Sequence[int], seed: int, num_replicas: int = 1, rank: int = 0,
-                 batch_size: Optional[int] = None) -> None:
+                 batch_size: Optional[int] = None, drop_last: bool = False) -> None:
         super().__init__(range(sum(block_sizes)), num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
         self.block_sizes = list(block_sizes)
         self.batch_size = batch_size
+        self.drop_last = drop_last and batch_size is not None
 
     def _part(self, size: int) -> int:
         """The positions (padding included) this rank yields for a block of ``size``."""
         share = math.ceil(size / self.num_replicas)
-        return share if self.batch_size is None else math.ceil(share / self.batch_size) * self.batch_size
+        if self.batch_size is None:
+            return share
+        if self.drop_last and share >= self.batch_size:
+            return share // self.batch_size * self.batch_size
+        return math.ceil(share / self.batch_size) * self.batch_size
 
     def __len__(self) -> int:
         return sum(self._part(size) for size in self.block_sizes)
@@ -156,7 +166,7 @@ class ShuffledBlocksSampler(DistributedSampler):
             padded_size = math.ceil(size / self.num_replicas) * self.num_replicas
             if padded_size > size:
                 permutation = permutation.repeat(math.ceil(padded_size / size))[:padded_size]
-            share = permutation[self.rank :: self.num_replicas]
+            share = permutation[self.rank :: self.num_replicas][: self._part(size)]
             order += [share, torch.full((self._part(size) - len(share),), PAD, dtype=share.dtype)]
             start += size
         return iter(torch.cat(order).tolist())
@@ -303,6 +313,9 @@ class UnlearningDataModule(ImageSourceDataModule):
             SVHN).
         batch_size: training batch size.
         eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).
+        drop_last: leave out every training block's incomplete last batch each epoch (the left-out samples change
+            with the epoch), so that BatchNorm never normalises by a few samples: for training sets whose size is
+            not a multiple of ``batch_size`` and varies, as a U-LiRA audit's shadow runs do.
         num_workers: DataLoader worker processes (the data is in memory; 0 is usually fastest).
         pin_memory: pin batches for faster host-to-GPU copies (non-blocking); ignored with ``data_on_device``.
         data_on_device: move the decoded uint8 data set to the Trainer's device once (at ``setup``), so that batches
@@ -355,6 +368,7 @@ class UnlearningDataModule(ImageSourceDataModule):
         schedule: Optional[Literal["sequential", "interleaved"]] = None,
         batch_size: int = 128,
         eval_batch_size: Optional[int] = None,
+        drop_last: bool = False,
         num_workers: int = 0,
         pin_memory: bool = False,
         data_on_device: bool = False,
@@ -559,7 +573,7 @@ class UnlearningDataModule(ImageSourceDataModule):
         batch = self.hparams.batch_size
         for block in blocks:
             last = len(block) % batch
-            if 0 < last < TINY_LAST_BATCH * batch:
+            if 0 < last < TINY_LAST_BATCH * batch and not self.hparams.drop_last:
                 rank_zero_warn(f"every training epoch ends a block of {len(block)} samples with a batch of {last} "
                                f"(batch_size {batch}): with BatchNorm a batch that small normalises by its own few "
                                "samples and can keep the model from fitting; choose a batch_size that leaves a fuller "
@@ -568,7 +582,7 @@ class UnlearningDataModule(ImageSourceDataModule):
         shards = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
         sampler = ShuffledBlocksSampler(
             [len(block) for block in blocks], self.hparams.seed, shards.get("num_replicas", 1), shards.get("rank", 0),
-            batch_size=self.hparams.batch_size,
+            batch_size=self.hparams.batch_size, drop_last=self.hparams.drop_last,
         )
         collate = collate_augmented_batch if self.augment else collate_batch
         return self._loader(self._train_dataset(indices), self.hparams.batch_size, sampler, collate)
