@@ -30,8 +30,10 @@ adds ``concept_revival`` to ``docs/results/strong_evaluation.json``.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -84,16 +86,15 @@ def without_digit(folder: Path, out: Path, digit: int) -> Path:
     without the training images of ``digit``; made once into ``out``."""
     if (out / ".complete").is_file():
         return out
-    for csv in ("prompts.csv", "test_prompts.csv"):
-        lines = (folder / csv).read_text().splitlines()
-        kept = [lines[0]] + [line for line in lines[1:] if csv != "prompts.csv" or
-                             not line.split(",", 1)[0].endswith(f"_{digit}.png")]
-        split = "train" if csv == "prompts.csv" else "test"
-        for line in kept[1:]:
-            target = out / split / line.split(",", 1)[0]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes((folder / split / line.split(",", 1)[0]).read_bytes())
-        (out / csv).write_text("\n".join(kept) + "\n")
+    for split, name in (("train", "prompts.csv"), ("test", "test_prompts.csv")):
+        with open(folder / name, newline="") as stream:
+            header, *rows = list(csv.reader(stream))
+        kept = [row for row in rows if split == "test" or not row[0].endswith(f"_{digit}.png")]
+        for row in kept:
+            (out / split / row[0]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / split / row[0], out / split / row[0])
+        with open(out / name, "w", newline="") as stream:
+            csv.writer(stream).writerows([header, *kept])
     (out / ".complete").touch()
     return out
 

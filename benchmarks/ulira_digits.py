@@ -77,5 +77,6 @@ def main() -> None:
     if args.json is not None:
         record_ulira(args.json, "digits", summary, minutes, {"runs": args.runs, "audit_size": args.audit_size})
 
+
 if __name__ == "__main__":
     main()

@@ -44,8 +44,8 @@ def tuned_options(name: str, tuned: dict, epochs: int) -> list[str]:
 
 def main() -> None:
     from cifar_subset import build_subset
-    from ulira_digits import audited, record_ulira
     from memorising import common_args, training_schedule
+    from ulira_digits import audited, record_ulira
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["rl", "salun", "salun_soft", "scrub"])
@@ -86,6 +86,7 @@ def main() -> None:
         record_ulira(args.json, REGIME, summary, minutes, {
             "runs": args.runs, "audit_size": args.audit_size, "per_class": args.per_class, "epochs": args.epochs,
             "batch_size": args.batch_size, "jobs": args.jobs})
+
 
 if __name__ == "__main__":
     main()
